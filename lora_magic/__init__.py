@@ -1,0 +1,60 @@
+"""lora_magic: LoRA / QLoRA fine-tuning as a notebook experience.
+
+`%load_ext lora_magic` registers the magics. The same features are plain Python:
+
+    import lora_magic as lm
+    run = lm.train(model="smollm2-135m", data=df, template="alpaca", steps=60)
+    run.wait()
+    lm.compare("Describe the product: Aurora Lamp", adapters=["base", run.name])
+
+torch, transformers, peft and trl are imported on first real use, never at import time.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .config import RunConfig
+from .errors import ConfigError, DataError, LoraMagicError, ModelError, RunError
+from .runs import RunStore
+
+__version__ = "0.1.0"
+
+# Public names served lazily from the modules that hold the heavy imports.
+_LAZY = {
+    "train": "training",
+    "resume": "training",
+    "manager": "training",
+    "Run": "training",
+    "preview": "data",
+    "load_records": "data",
+    "session": "generation",
+    "compare": "generation",
+    "free": "generation",
+    "load_base": "models",
+    "resolve_model": "models",
+}
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "LoraMagicError",
+    "ModelError",
+    "RunConfig",
+    "RunError",
+    "RunStore",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'lora_magic' has no attribute {name!r}")
+
+
+def load_ipython_extension(ipython) -> None:
+    from .magics import LoraMagics
+
+    ipython.register_magics(LoraMagics)

@@ -1,0 +1,256 @@
+"""The run configuration: one source of truth for every setting of a fine-tuning run.
+
+`RunConfig` is a flat dataclass. Each field carries its help text, its section and, where the
+set is closed, its choices. The magic flags, the YAML body of `%%finetune`, the configuration
+form and `run.json` are all generated from these fields, so a setting is added in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError, did_you_mean
+
+SECTIONS = ("run", "model", "data", "lora", "train", "probes")
+TARGET_PRESETS = ("attention", "attention-all", "all-linear")
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def setting(default: Any, help: str, section: str, *, choices: tuple = (), type: type | None = None):
+    """A dataclass field with the metadata the flags, the form and the docs are built from."""
+    kind = type or (default.__class__ if default is not None else str)
+    meta = {"help": help, "section": section, "choices": choices, "type": kind}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run. Unset values mean "choose for this hardware / this data"."""
+
+    name: str | None = setting(
+        None, "Run name: the folder under the run store. Default: <model>-<date>-<time>.", "run"
+    )
+    # -- model -------------------------------------------------------------------------------
+    model: str = setting(
+        "smollm2-135m",
+        "Base model: the built-in 'smollm2-135m', a Hugging Face Hub id, or a local directory.",
+        "model",
+    )
+    quantization: str = setting(
+        "none",
+        "How the frozen base is stored: 'none', '8bit' (LoRA on an int8 base) or '4bit' (QLoRA, NF4 "
+        "with double quantisation), through bitsandbytes.",
+        "model",
+        choices=("none", "8bit", "4bit"),
+    )
+    dtype: str = setting(
+        "auto",
+        "Compute dtype. 'auto': float32 on CPU, bfloat16 on GPUs that support it, else float16.",
+        "model",
+        choices=("auto", "float32", "bfloat16", "float16"),
+    )
+    trust_remote_code: bool = setting(
+        False, "Run model code shipped with a Hub repository. Off unless you trust it.", "model"
+    )
+    # -- data --------------------------------------------------------------------------------
+    data: Any = setting(
+        None,
+        "Training data: a DataFrame, a list of dicts, a datasets.Dataset/DatasetDict, or a "
+        ".jsonl/.json/.csv/.parquet path. In a magic, a notebook variable name or a path.",
+        "data",
+        type=object,
+    )
+    template: str = setting(
+        "alpaca",
+        "Prompt template: 'alpaca' (Instruction/Response, ends with '### End'), 'chat' (the "
+        "tokenizer's chat template) or 'custom' (prompt_format/response_format).",
+        "data",
+        choices=("alpaca", "chat", "custom"),
+    )
+    instruction_field: str = setting("instruction", "Field holding the instruction (alpaca, chat).", "data")
+    input_field: str = setting(
+        "input", "Optional field with extra context for the instruction (alpaca, chat).", "data"
+    )
+    response_field: str = setting("response", "Field holding the answer to learn (alpaca, chat).", "data")
+    prompt_format: str | None = setting(
+        None, "Custom template: the prompt as a format string of fields, e.g. 'Q: {question}\\nA: '.", "data"
+    )
+    response_format: str | None = setting(
+        None, "Custom template: the response as a format string of fields, e.g. '{answer}'.", "data"
+    )
+    system_prompt: str | None = setting(None, "Chat template: a system message put before each example.", "data")
+    eval_data: Any = setting(
+        None, "Evaluation data, in the same forms as data. Default: a split of data (eval_fraction).", "data", type=object
+    )
+    eval_fraction: float = setting(
+        0.1, "Share of data held out for evaluation when eval_data is not given (0 for none).", "data"
+    )
+    max_examples: int | None = setting(
+        None, "Use only the first N training examples (to see how much data matters).", "data", type=int
+    )
+    max_length: int = setting(512, "Longest example in tokens; longer ones are truncated.", "data")
+    train_on_prompt: bool = setting(
+        False, "Compute the loss on the prompt tokens too. Default: on the response only.", "data"
+    )
+    # -- lora --------------------------------------------------------------------------------
+    r: int = setting(8, "LoRA rank: the size of the low-rank update (8 or 16 are common).", "lora")
+    alpha: int = setting(16, "LoRA alpha: the update is scaled by alpha / r.", "lora")
+    dropout: float = setting(0.05, "Dropout on the LoRA input.", "lora")
+    bias: str = setting("none", "Which biases to train.", "lora", choices=("none", "all", "lora_only"))
+    targets: Any = setting(
+        "attention",
+        "Layers that get adapters: 'attention' (q/v projections), 'attention-all' (q/k/v/o), "
+        "'all-linear', or a comma-separated list of layer names.",
+        "lora",
+        type=str,
+    )
+    include_lm_head: bool = setting(
+        False, "With 'all-linear', adapt the output head (lm_head) too.", "lora"
+    )
+    # -- train -------------------------------------------------------------------------------
+    steps: int = setting(0, "Optimizer steps to train. 0: train for `epochs` instead.", "train")
+    epochs: float = setting(1.0, "Passes over the training data (when steps is 0).", "train")
+    learning_rate: float = setting(2e-4, "Peak learning rate.", "train")
+    batch_size: int = setting(4, "Examples per device step.", "train")
+    grad_accum: int = setting(1, "Steps whose gradients are summed before each optimizer step.", "train")
+    warmup_steps: int = setting(0, "Steps of linear learning-rate warm-up.", "train")
+    scheduler: str = setting(
+        "linear",
+        "Learning-rate schedule after warm-up.",
+        "train",
+        choices=("linear", "cosine", "constant", "constant_with_warmup"),
+    )
+    seed: int = setting(42, "Random seed for data order, dropout and initialisation.", "train")
+    eval_every: int = setting(0, "Evaluate every N steps. 0: about ten times per run.", "train")
+    save_every: int = setting(0, "Save a resumable checkpoint every N steps. 0: none before the end.", "train")
+    precision: str = setting(
+        "auto",
+        "Mixed precision. 'auto': none on CPU, bf16 on GPUs that support it, else fp16.",
+        "train",
+        choices=("auto", "fp32", "bf16", "fp16"),
+    )
+    gradient_checkpointing: str = setting(
+        "auto",
+        "Recompute activations to save memory. 'auto': only on a GPU with under 16 GiB.",
+        "train",
+        choices=("auto", "on", "off"),
+    )
+    # -- probes ------------------------------------------------------------------------------
+    probes: list = setting(
+        [], "Prompts answered by the base and the adapter as training goes, to watch behaviour change.", "probes"
+    )
+    probe_every: int = setting(0, "Regenerate the probes every N steps. 0: four times per run.", "probes")
+    probe_tokens: int = setting(48, "New tokens per probe answer.", "probes")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            choices = f.metadata["choices"]
+            if choices and value not in choices:
+                raise ConfigError(
+                    f"{f.name}={value!r} is not valid; choose one of: {', '.join(choices)}"
+                    + did_you_mean(str(value), choices)
+                )
+        if self.name is not None and not RUN_NAME.match(self.name):
+            raise ConfigError(
+                f"name={self.name!r} is not a valid run name; use letters, digits, '.', '_' and '-' "
+                "(starting with a letter or digit, at most 100 characters)"
+            )
+        for name in ("r", "alpha", "batch_size", "grad_accum", "max_length", "probe_tokens"):
+            _require(self, name, getattr(self, name) >= 1, "a whole number of at least 1")
+        for name in ("steps", "warmup_steps", "eval_every", "save_every", "probe_every"):
+            _require(self, name, getattr(self, name) >= 0, "0 or more")
+        _require(self, "max_examples", self.max_examples is None or self.max_examples >= 1, "at least 1")
+        _require(self, "epochs", self.epochs > 0, "more than 0")
+        _require(self, "learning_rate", 0 < self.learning_rate < 1, "between 0 and 1, e.g. 2e-4")
+        _require(self, "dropout", 0 <= self.dropout < 1, "from 0 up to (not including) 1")
+        _require(self, "eval_fraction", 0 <= self.eval_fraction < 1, "from 0 up to (not including) 1")
+        if isinstance(self.targets, str):
+            names = [t.strip() for t in self.targets.split(",") if t.strip()]
+            self.targets = names[0] if len(names) == 1 and names[0] in TARGET_PRESETS else names
+        _require(
+            self,
+            "targets",
+            self.targets in TARGET_PRESETS or (isinstance(self.targets, list) and self.targets),
+            f"one of {', '.join(TARGET_PRESETS)} or a list of layer names",
+        )
+        if self.template == "custom" and not (self.prompt_format and self.response_format):
+            raise ConfigError(
+                "template='custom' needs prompt_format and response_format, e.g. "
+                "prompt_format='Q: {question}\\nA: ', response_format='{answer}'"
+            )
+        if isinstance(self.probes, str):
+            self.probes = [self.probes]
+        _require(self, "probes", all(isinstance(p, str) for p in self.probes), "a list of prompt strings")
+
+    # -- conversions ---------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        """Build from flat settings, as written in YAML or flags; unknown names are refused."""
+        known = field_names()
+        for key in values:
+            if key not in known:
+                raise ConfigError(f"unknown setting {key!r}{did_you_mean(key, known)}; valid settings: {', '.join(known)}")
+        return cls(**{key: coerce(key, value) for key, value in values.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready settings. In-memory data is described, not copied: the run store keeps the records."""
+        out = dataclasses.asdict(self)
+        for key in ("data", "eval_data"):
+            out[key] = describe_source(out[key])
+        return out
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _require(config: RunConfig, name: str, ok: bool, valid: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}={getattr(config, name)!r} is not valid; it must be {valid}")
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(RunConfig)]
+
+
+def fields_by_section() -> dict[str, list[dataclasses.Field]]:
+    sections: dict[str, list[dataclasses.Field]] = {s: [] for s in SECTIONS}
+    for f in dataclasses.fields(RunConfig):
+        sections[f.metadata["section"]].append(f)
+    return sections
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Turn a value written as text (a flag, YAML, a form) into the field's type."""
+    kind = next(f for f in dataclasses.fields(RunConfig) if f.name == name).metadata["type"]
+    if not isinstance(value, str) or kind in (str, object):
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+    text = value.strip()
+    try:
+        if kind is bool:
+            if text.lower() in ("true", "yes", "on", "1"):
+                return True
+            if text.lower() in ("false", "no", "off", "0"):
+                return False
+            raise ValueError
+        if kind is list:
+            return [text]
+        return kind(text)
+    except ValueError:
+        expected = {bool: "true or false", int: "a whole number", float: "a number"}[kind]
+        raise ConfigError(f"{name}={value!r} is not valid; it must be {expected}") from None
+
+
+def describe_source(source: Any) -> Any:
+    """A short JSON-safe description of a data source (paths are kept as they are)."""
+    if source is None or isinstance(source, str):
+        return source
+    rows = len(source) if hasattr(source, "__len__") else "?"
+    return f"<{type(source).__name__}: {rows} rows>"
