@@ -217,12 +217,13 @@ def resolve_targets(config: RunConfig, model: nn.Module) -> list[str]:
     if fused and config.targets == "attention":
         return fused
     if fused:  # fused q/k/v plus the attention's output projection, addressed through its parent
-        outputs = {
-            ".".join(full.rsplit(".", 2)[-2:])
-            for full in linear_layers(model)
-            if any(part in full.rsplit(".", 2)[-2] for part in ("attn", "attention"))
-        }
-        return fused + sorted(o for o in outputs if o.rsplit(".", 1)[-1] not in fused)
+        outputs = set()
+        for full in linear_layers(model):
+            parent, _, leaf = full.rpartition(".")
+            parent_leaf = parent.rpartition(".")[2]
+            if leaf not in fused and ("attn" in parent_leaf or "attention" in parent_leaf):
+                outputs.add(f"{parent_leaf}.{leaf}")
+        return fused + sorted(outputs)
     raise ModelError(
         f"the {config.targets!r} preset does not know this architecture's layer names; {valid}; pass targets as a list"
     )

@@ -72,8 +72,8 @@ def records() -> list[dict[str, str]]:
     things = ["lamp", "kettle", "chair", "bottle"]
     return [
         {
-            "instruction": f"Describe the {colours[i % 6]} {things[i % 4]}.",
-            "response": f"A {colours[i % 6]} {things[i % 4]} for every day.",
+            "instruction": f"Describe product {i}, the {colours[i % 6]} {things[i % 4]}.",
+            "response": f"Product {i} is a {colours[i % 6]} {things[i % 4]} for every day.",
         }
         for i in range(24)
     ]

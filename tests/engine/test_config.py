@@ -1,0 +1,61 @@
+import pytest
+
+from lora_magic.config import RunConfig, coerce, fields_by_section
+from lora_magic.errors import ConfigError
+
+
+def test_every_setting_has_help_and_a_section():
+    sections = fields_by_section()
+    assert set(sections) == {"run", "model", "data", "lora", "train", "probes"}
+    for fields in sections.values():
+        for f in fields:
+            assert f.metadata["help"].strip(), f.name
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"quantization": "3bit"}, r"quantization='3bit' is not valid; choose one of: none, 8bit, 4bit"),
+        ({"template": "alpacca"}, r"did you mean 'alpaca'"),
+        ({"r": 0}, r"r=0 is not valid; it must be a whole number of at least 1"),
+        ({"learning_rate": 3.0}, r"learning_rate=3.0 .* between 0 and 1"),
+        ({"eval_fraction": 1.0}, r"eval_fraction=1.0"),
+        (
+            {"targets": ""},
+            r"targets=\[\] is not valid; it must be one of attention, attention-all, all-linear",
+        ),
+        ({"template": "custom"}, r"template='custom' needs prompt_format and response_format"),
+        ({"name": "../escape"}, r"not a valid run name"),
+        ({"probes": [1, 2]}, r"probes=\[1, 2\] is not valid; it must be a list of prompt strings"),
+    ],
+)
+def test_bad_values_name_the_setting_and_what_is_valid(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        RunConfig(**settings)
+
+
+def test_unknown_setting_suggests_the_close_one():
+    with pytest.raises(
+        ConfigError, match=r"unknown setting 'lerning_rate' \(did you mean 'learning_rate'\?\)"
+    ):
+        RunConfig.from_dict({"lerning_rate": 1e-4})
+
+
+def test_text_values_are_coerced_to_the_field_type():
+    config = RunConfig.from_dict({"r": "16", "learning_rate": "1e-4", "train_on_prompt": "yes", "epochs": 2})
+    assert (config.r, config.learning_rate, config.train_on_prompt, config.epochs) == (16, 1e-4, True, 2.0)
+    with pytest.raises(ConfigError, match=r"r='many' is not valid; it must be a whole number"):
+        coerce("r", "many")
+
+
+def test_targets_accept_a_preset_or_a_comma_separated_list():
+    assert RunConfig(targets="all-linear").targets == "all-linear"
+    assert RunConfig(targets="q_proj, v_proj,o_proj").targets == ["q_proj", "v_proj", "o_proj"]
+
+
+def test_to_dict_describes_in_memory_data_and_round_trips():
+    config = RunConfig(data=[{"instruction": "a", "response": "b"}], r=4)
+    saved = config.to_dict()
+    assert saved["data"] == "<list: 1 rows>"
+    restored = RunConfig.from_dict({k: v for k, v in saved.items() if k != "data"})
+    assert restored.r == 4 and restored.to_dict() | {"data": None} == saved | {"data": None}

@@ -1,0 +1,193 @@
+"""The training manager on the tiny model: events, run store, controls, resume, failures."""
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import lora_magic as lm
+from lora_magic.errors import RunError
+from lora_magic.runs import RunStore
+
+
+def wait_for(predicate, timeout=120.0):
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_run_publishes_events_and_fills_the_run_store(tiny_model_dir, records, runs_dir):
+    seen = []
+    run = lm.train(
+        model=tiny_model_dir,
+        data=records,
+        steps=6,
+        eval_every=3,
+        probes=["Describe product 99."],
+        probe_every=3,
+        probe_tokens=4,
+        name="first",
+    )
+    run.subscribe(seen.append)
+    run.wait()
+    assert run.status == "completed" and run.step == 6
+    kinds = [e["type"] for e in run.events]
+    assert kinds.count("log") == 6 and kinds.count("eval") == 3 and kinds[-1] == "status"
+    assert {e["step"] for e in run.events if e["type"] == "probe"} == {0, 3, 6}
+    log = next(e for e in run.events if e["type"] == "log")
+    assert (
+        log["tokens_per_second"] > 0
+        and log["eta"] >= 0
+        and log["total_steps"] == 6
+        and log["peak_memory_mb"] > 0
+    )
+    assert seen and seen[-1] == run.events[-1]
+    record = RunStore(runs_dir).read("first")
+    assert (
+        record["status"] == "completed" and record["step"] == 6 and record["targets"] == ["q_proj", "v_proj"]
+    )
+    assert record["trainable_params"] == run.trainable_params > 0 and record["metrics"]["eval_loss"] > 0
+    assert set(record["versions"]) >= {"torch", "transformers", "peft", "trl"}
+    assert record["data_fingerprint"].startswith("sha256:") and record["config"]["data"] == "<list: 24 rows>"
+    assert RunStore(runs_dir).events("first")[0] == run.events
+    saved = [json.loads(line) for line in (run.path / "data" / "train.jsonl").read_text().splitlines()]
+    assert len(saved) == 22 and saved[0] in records
+    assert (run.adapter_path / "adapter_model.safetensors").is_file()
+
+
+def test_the_adapter_loads_in_plain_peft_in_a_fresh_process_with_the_same_logits(
+    tiny_model_dir, records, runs_dir, tmp_path
+):
+    run = lm.train(model=tiny_model_dir, data=records, steps=4, learning_rate=0.01, name="portable").wait()
+    session = lm.session()
+    ids = session.tokenizer("Describe product 3.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        here = session.model(input_ids=ids).logits
+        with session.model.disable_adapter():
+            base = session.model(input_ids=ids).logits
+    assert not torch.allclose(here, base)  # the adapter changed something
+    torch.save(ids, tmp_path / "ids.pt")
+    script = f"""
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({tiny_model_dir!r}), {str(run.adapter_path)!r})
+with torch.no_grad():
+    torch.save(model(input_ids=torch.load({str(tmp_path / "ids.pt")!r})).logits, {str(tmp_path / "logits.pt")!r})
+"""
+    subprocess.run([sys.executable, "-c", script], check=True)
+    assert torch.allclose(torch.load(tmp_path / "logits.pt"), here, atol=1e-5)
+
+
+def test_stop_saves_a_loadable_adapter_and_resume_continues_the_step_count(tiny_model_dir, records, runs_dir):
+    run = lm.train(model=tiny_model_dir, data=records, steps=400, name="long")
+    wait_for(lambda: run.step >= 3)
+    run.stop()
+    run.wait()
+    assert run.status == "stopped" and 3 <= run.step < 400 and run.adapter_path
+    stopped_at = run.step
+    checkpoint = RunStore(runs_dir).last_checkpoint("long")
+    assert checkpoint.name == f"checkpoint-{stopped_at}"
+    lm.free()  # as after a kernel restart: nothing in memory, the run store has it all
+    resumed = lm.resume("long")
+    wait_for(lambda: resumed.step >= stopped_at + 2)
+    assert resumed.events[0]["type"] != "status" or resumed.events[0]["step"] == 0  # earlier events kept
+    first_new_log = next(
+        e for e in resumed.events if e["type"] == "log" and e["time"] > run.events[-1]["time"]
+    )
+    assert first_new_log["step"] == stopped_at + 1
+    resumed.stop()
+    resumed.wait()
+    assert resumed.status == "stopped" and resumed.step > stopped_at
+
+
+def test_pause_holds_training_until_resume(tiny_model_dir, records, runs_dir):
+    run = lm.train(model=tiny_model_dir, data=records, steps=30, name="pausing")
+    wait_for(lambda: run.step >= 2)
+    run.pause()
+    wait_for(lambda: run.status == "paused")
+    held = run.step
+    time.sleep(1.0)
+    assert run.step == held and RunStore(runs_dir).read("pausing")["status"] == "paused"
+    run.resume()
+    run.wait()
+    assert run.status == "completed" and run.step == 30
+
+
+def test_a_stop_request_from_another_process_is_honoured(tiny_model_dir, records, runs_dir):
+    run = lm.train(model=tiny_model_dir, data=records, steps=400, name="remote")
+    wait_for(lambda: run.step >= 2)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from lora_magic import RunStore; RunStore({str(runs_dir)!r}).request_stop('remote')",
+        ],
+        check=True,
+    )
+    run.wait(timeout=120)
+    assert run.status == "stopped" and run.adapter_path and not RunStore(runs_dir).stop_requested("remote")
+
+
+def test_a_second_concurrent_run_and_generation_during_training_are_refused(
+    tiny_model_dir, records, runs_dir
+):
+    run = lm.train(model=tiny_model_dir, data=records, steps=400, name="busy")
+    with pytest.raises(RunError, match=r"run 'busy' is still running; stop it .* before starting another"):
+        lm.train(model=tiny_model_dir, data=records, steps=2)
+    with pytest.raises(RunError, match=r"cannot generate while run 'busy' is training"):
+        lm.compare("hello")
+    run.stop()
+    run.wait()
+    with pytest.raises(RunError, match=r"a run or adapter named 'busy' already exists; choose another name"):
+        lm.train(model=tiny_model_dir, data=records, steps=2, name="busy")
+
+
+def test_resume_refuses_a_changed_config_or_base_before_loading(tiny_model_dir, records, runs_dir, tmp_path):
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    run = lm.train(model=str(base), data=records, steps=400, name="picky")
+    wait_for(lambda: run.step >= 2)
+    run.stop()
+    run.wait()
+    lm.free()
+    with pytest.raises(RunError, match=r"cannot resume 'picky' with a different config: r changed"):
+        lm.resume("picky", lm.RunConfig(model=str(base), data=records, steps=400, r=16))
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 1e-3}))
+    with pytest.raises(
+        RunError, match=r"cannot resume 'picky': the base model .* changed since the run started"
+    ):
+        lm.resume("picky")
+    assert lm.session().model is None  # refused before anything loaded
+    with pytest.raises(RunError, match=r"run 'picky' is stopped|no run named 'pick' .*did you mean 'picky'"):
+        lm.resume("pick")
+
+
+def test_out_of_memory_fails_the_run_with_advice(tiny_model_dir, records, runs_dir, monkeypatch):
+    from transformers import Trainer
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(Trainer, "training_step", out_of_memory)  # the allocator is the boundary
+    run = lm.train(model=tiny_model_dir, data=records, steps=5, name="oom").wait()
+    assert run.status == "failed"
+    assert run.error == "out of memory at step 0: lower batch_size or max_length, or use quantization='4bit'"
+    assert RunStore(runs_dir).read("oom")["error"] == run.error
+    lm.train(
+        model=tiny_model_dir, data=records, steps=1, name="after-oom"
+    ).wait()  # the manager is free again
+
+
+def test_bad_input_is_refused_before_the_run_store_is_touched(tiny_model_dir, runs_dir):
+    with pytest.raises(lm.DataError, match=r"row 0 has no field 'response'"):
+        lm.train(model=tiny_model_dir, data=[{"instruction": "x", "answer": "y"}], steps=2)
+    with pytest.raises(lm.ModelError, match=r"target module 'qq' is not a linear layer"):
+        lm.train(model=tiny_model_dir, data=[{"instruction": "x", "response": "y"}], targets="qq", steps=2)
+    assert not runs_dir.exists() or not any(runs_dir.iterdir())
