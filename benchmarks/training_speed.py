@@ -1,0 +1,60 @@
+"""Seconds per optimizer step of the built-in model under different settings.
+
+    .venv/bin/python benchmarks/training_speed.py [--steps 8]
+
+Rows: lora_magic's CPU defaults (float32, no gradient checkpointing); TRL's SFTConfig defaults
+(bf16 + gradient checkpointing); 8-bit LoRA; 4-bit QLoRA. Batch 4 of the bundled product
+descriptions (~90 tokens each). The first step is excluded (warm-up). Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+
+import torch
+
+import lora_magic as lm
+from lora_magic.data import bundled_dataset, load_records
+
+CASES = {
+    "lora_magic CPU defaults (fp32, no checkpointing)": {},
+    "TRL defaults (bf16 + gradient checkpointing)": {"precision": "bf16", "gradient_checkpointing": "on"},
+    "8-bit base (LoRA)": {"quantization": "8bit"},
+    "4-bit base (QLoRA)": {"quantization": "4bit"},
+}
+
+
+def seconds_per_step(steps: int, runs_dir: str, **settings) -> tuple[float, float]:
+    run = lm.train(
+        model="smollm2-135m",
+        data=load_records(str(bundled_dataset())),
+        eval_fraction=0,
+        steps=steps,
+        batch_size=4,
+        runs_dir=runs_dir,
+        **settings,
+    ).wait()
+    logs = [e for e in run.events if e["type"] == "log"]
+    per_step = (logs[-1]["elapsed"] - logs[0]["elapsed"]) / (len(logs) - 1)
+    tokens = sum(e["tokens_per_second"] for e in logs[1:]) / (len(logs) - 1)
+    lm.free()
+    return per_step, tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=8)
+    args = parser.parse_args()
+    from lora_magic.models import device
+
+    print(f"device: {device()}, {torch.get_num_threads()} threads")
+    print("| setting | s/step | tokens/s |\n| --- | --- | --- |")
+    with tempfile.TemporaryDirectory() as runs_dir:
+        for label, settings in CASES.items():
+            per_step, tokens = seconds_per_step(args.steps, runs_dir, **settings)
+            print(f"| {label} | {per_step:.2f} | {tokens:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
