@@ -135,6 +135,7 @@ def generate_text(
             pad_token_id=tokenizer.pad_token_id,
             streamer=_CallbackStreamer(tokenizer, on_text) if on_text else None,
             top_k=None,
+            use_cache=True,  # the trainer may have switched the cache off in the model config
             **sampling,
         )
     new = output[0, inputs["input_ids"].shape[1] :]
