@@ -58,3 +58,11 @@ def load_ipython_extension(ipython) -> None:
     from .magics import LoraMagics
 
     ipython.register_magics(LoraMagics)
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    return [{"src": "labextension", "dest": "lora_magic"}]
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    return [{"module": "lora_magic.server"}]

@@ -67,20 +67,34 @@ class RunStore:
             raise RunError(f"run {name!r} resolves outside the run store {root}")
         return folder
 
+    def file(self, name: str, relative: str) -> Path:
+        """A path inside run `name`; refuses one that a symlink leads out of the run's folder."""
+        folder = self.path(name)
+        target = (folder / relative).resolve()
+        if not target.is_relative_to(folder):
+            raise RunError(f"{relative!r} of run {name!r} resolves outside the run's folder")
+        return target
+
     def exists(self, name: str) -> bool:
-        return (self.path(name) / "run.json").is_file()
+        return self.file(name, "run.json").is_file()
 
     # -- reading -------------------------------------------------------------------------------
     def names(self) -> list[str]:
         """Run names, newest first."""
         if not self.root.is_dir():
             return []
-        found = [p for p in self.root.iterdir() if RUN_NAME.match(p.name) and (p / "run.json").is_file()]
+        found = [p for p in self.root.iterdir() if RUN_NAME.match(p.name) and self._listable(p.name)]
         return [p.name for p in sorted(found, key=lambda p: (p / "run.json").stat().st_mtime, reverse=True)]
+
+    def _listable(self, name: str) -> bool:
+        try:
+            return self.exists(name)
+        except RunError:  # a symlink out of the store is not a run of this store
+            return False
 
     def read(self, name: str) -> dict[str, Any]:
         """run.json of `name`. A run whose process is gone is reported as 'interrupted'."""
-        file = self.path(name) / "run.json"
+        file = self.file(name, "run.json")
         if not file.is_file():
             raise RunError(f"no run named {name!r} in {self.root}{did_you_mean(name, self.names())}")
         record = json.loads(file.read_text(encoding="utf-8"))
@@ -93,7 +107,7 @@ class RunStore:
 
     def events(self, name: str, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
         """Events from byte `offset`, and the offset to ask for next time (only whole lines are read)."""
-        file = self.path(name) / "events.jsonl"
+        file = self.file(name, "events.jsonl")
         if not file.is_file():
             return [], offset
         with open(file, "rb") as stream:
@@ -116,7 +130,9 @@ class RunStore:
         try:
             folder.mkdir()
         except FileExistsError:
-            raise RunError(f"a run named {name!r} already exists in {self.root}; choose another name") from None
+            raise RunError(
+                f"a run named {name!r} already exists in {self.root}; choose another name"
+            ) from None
         self.write(name, record)
         return folder
 
@@ -140,7 +156,7 @@ class RunStore:
         record = self.read(name)
         if record["status"] not in ACTIVE:
             raise RunError(f"run {name!r} is {record['status']}, not running; nothing to stop")
-        (self.path(name) / STOP_REQUEST).write_text(str(time.time()))
+        self.file(name, STOP_REQUEST).write_text(str(time.time()))
 
     def stop_requested(self, name: str) -> bool:
         return (self.path(name) / STOP_REQUEST).exists()

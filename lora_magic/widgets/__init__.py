@@ -1,0 +1,27 @@
+"""Notebook widgets: the live training dashboard, the comparison panel and the configuration form.
+
+watch(run)                     the dashboard of a run (text where no widget frontend exists)
+ComparePanel(prompt).generate() base and adapters side by side, streaming
+ConfigForm(namespace)          every RunConfig setting as a form; .to_cell() gives a %%finetune cell
+"""
+
+from __future__ import annotations
+
+from .compare import ComparePanel
+from .dashboard import Dashboard
+from .form import ConfigForm
+from .frontend import use_widgets
+from .loss_plot import LossPlot, Throttle
+from .text_progress import TextProgress
+from .watch import watch
+
+__all__ = [
+    "ComparePanel",
+    "ConfigForm",
+    "Dashboard",
+    "LossPlot",
+    "TextProgress",
+    "Throttle",
+    "use_widgets",
+    "watch",
+]

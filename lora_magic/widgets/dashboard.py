@@ -1,0 +1,161 @@
+"""The live training dashboard shown by `%%finetune`: progress, loss plot, controls, probes, summary.
+
+`handle(event)` only sets widget traits, so it may be called from the main thread (foreground
+pumping) or from the run's worker thread (background). The plot is redrawn at most as often as
+its Throttle allows; `refresh()` draws a pending update when it is due.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import ipywidgets as w
+
+from . import summary
+from .frontend import route_to_subshell
+from .loss_plot import LossPlot, Throttle
+
+BAR_STYLES = {"completed": "success", "stopped": "warning", "failed": "danger"}
+
+
+class Dashboard:
+    def __init__(self, run: Any, budget: float = 0.02):
+        self.run = run
+        self.plot = LossPlot()
+        self.throttle = Throttle(budget)
+        self.pending = False  # the plot has data that isn't drawn yet
+        self.probe_answers: dict[str, dict] = {}
+        self.state, self.line, self.eval_line = run.status, "", ""
+        self.header = w.HTML()
+        self.progress = w.IntProgress(
+            value=0, min=0, max=max(run.total_steps, 1), bar_style="info", layout=w.Layout(flex="1")
+        )
+        self.stats = w.HTML()
+        self.image = w.Image(format="png", layout=w.Layout(max_width="640px"))
+        self.stop_button = w.Button(
+            description="Stop",
+            icon="stop",
+            button_style="danger",
+            tooltip="Stop after this step; saves the adapter",
+        )
+        self.pause_button = w.Button(
+            description="Pause", icon="pause", tooltip="Hold training after this step"
+        )
+        self.probes = w.HTML()
+        self.summary = w.HTML()
+        self.stop_button.on_click(lambda _: self.stop())
+        self.pause_button.on_click(lambda _: self.toggle_pause())
+        self.widget = w.VBox(
+            [
+                self.header,
+                w.HBox([self.progress, self.stop_button, self.pause_button]),
+                self.stats,
+                self.image,
+                self.probes,
+                self.summary,
+            ],
+            layout=w.Layout(max_width="900px"),
+        )
+        self.widget.add_class("lora-magic-dashboard")
+        self._render_header()
+
+    def bind_controls(self) -> bool:
+        """Make the buttons answer while a cell is busy, where the kernel allows it (frontend.py)."""
+        return route_to_subshell(self.stop_button) & route_to_subshell(self.pause_button)
+
+    # -- controls ------------------------------------------------------------------------------
+    def stop(self) -> None:
+        self.run.stop()
+        if not self.run.done:
+            self.stop_button.description, self.stop_button.disabled = "Stopping…", True
+            self.pause_button.disabled = True
+            self.state = "stopping after this step"
+            self._render_stats()
+
+    def toggle_pause(self) -> None:
+        if self.run.done:
+            return
+        if self.pause_button.description == "Resume":
+            self.run.resume()
+            self.pause_button.description, self.pause_button.icon = "Pause", "pause"
+        else:
+            self.run.pause()
+            self.pause_button.description, self.pause_button.icon = "Resume", "play"
+
+    # -- events --------------------------------------------------------------------------------
+    def handle(self, event: dict) -> None:
+        kind = event["type"]
+        if self.plot.add(event):
+            self.pending = True
+        if self.run.trainable_params and "trainable" not in self.header.value:
+            self._render_header()
+        if kind == "log":
+            self.progress.max = max(event["total_steps"], 1)
+            self.progress.value = event["step"]
+            self.line = summary.progress(event)
+        elif kind == "eval":
+            self.eval_line = f"eval loss {event['eval_loss']:.4f} at step {event['step']}"
+        elif kind == "probe":
+            self.probe_answers[event["prompt"]] = event
+            self._render_probes()
+        elif kind == "status":
+            self._render_status(event["status"])
+        self._render_stats()
+        self.refresh(force=kind == "status" and event["status"] in summary.FINISHED)
+
+    def refresh(self, force: bool = False) -> None:
+        """Redraw the plot if it changed and the throttle (or `force`) allows."""
+        if self.pending and (force or self.throttle.due()):
+            self.throttle.run(self._draw)
+
+    def finish(self) -> None:
+        self.refresh(force=True)
+
+    def _draw(self) -> None:
+        self.pending = False
+        self.image.value = self.plot.png()
+
+    # -- rendering -----------------------------------------------------------------------------
+    def _render_header(self) -> None:
+        run, config = self.run, self.run.config
+        parts = [f"<b>{html.escape(run.name)}</b>", html.escape(config.model)]
+        if config.quantization != "none":
+            parts.append(html.escape(config.quantization))
+        if summary.trainable(run):
+            parts.append(html.escape(summary.trainable(run)))
+        self.header.value = " · ".join(parts)
+
+    def _render_stats(self) -> None:
+        self.stats.value = html.escape(" · ".join(t for t in (self.state, self.line, self.eval_line) if t))
+
+    def _render_status(self, status: str) -> None:
+        self.state = status
+        finished = status in summary.FINISHED
+        self.stop_button.disabled = self.pause_button.disabled = finished
+        if status == "paused":
+            self.pause_button.description, self.pause_button.icon = "Resume", "play"
+        elif status == "running":
+            self.pause_button.description, self.pause_button.icon = "Pause", "pause"
+            self.summary.value = ""
+        if finished:
+            self.progress.bar_style = BAR_STYLES[status]
+            self.stop_button.description = "Stop"
+            lines = [html.escape(line) for line in summary.final(self.run)]
+            colour = "#b00020" if status == "failed" else "inherit"
+            self.summary.value = f"<div style='color:{colour}'>" + "<br>".join(lines) + "</div>"
+
+    def _render_probes(self) -> None:
+        rows = "".join(
+            f"<tr><td style='vertical-align:top'>{html.escape(p['prompt'])}<br><small>step {p['step']}</small></td>"
+            f"<td style='white-space:pre-wrap;vertical-align:top'>{html.escape(p['base'])}</td>"
+            f"<td style='white-space:pre-wrap;vertical-align:top'>{html.escape(p['adapter'])}</td></tr>"
+            for p in self.probe_answers.values()
+        )
+        self.probes.value = (
+            "<table class='lora-magic-probes' style='table-layout:fixed;width:100%;text-align:left'>"
+            "<tr><th>probe</th><th>base</th><th>adapter</th></tr>" + rows + "</table>"
+        )
+
+    def __repr__(self) -> str:
+        return f"<Dashboard of {self.run!r}>"

@@ -1,0 +1,91 @@
+"""The loss plot: train, smoothed train and eval loss drawn to PNG with matplotlib's object API.
+
+pyplot is never used: it keeps global figures and picks a GUI backend, neither of which belongs in
+a training thread. Drawing is throttled by its own measured cost (see Throttle).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+class Throttle:
+    """Allows an action only as often as keeps its share of wall time under `budget`.
+
+    After an action that took `cost` seconds the next is due `cost / budget` seconds later (and
+    never sooner than `min_interval`), so a 40 ms draw with a 2 % budget happens at most every 2 s.
+    """
+
+    def __init__(
+        self, budget: float = 0.02, min_interval: float = 0.5, clock: Callable[[], float] = time.perf_counter
+    ):
+        self.budget, self.min_interval, self.clock = budget, min_interval, clock
+        self.next_time = float("-inf")
+        self.spent = 0.0
+
+    def due(self) -> bool:
+        return self.clock() >= self.next_time
+
+    def run(self, action: Callable[[], object]) -> None:
+        start = self.clock()
+        action()
+        end = self.clock()
+        self.spent += end - start
+        self.next_time = end + max(self.min_interval, (end - start) / self.budget)
+
+
+class LossPlot:
+    """Loss curves of one run; `png()` renders them, `_repr_png_` shows them in any IPython."""
+
+    def __init__(self, smoothing: float = 0.8, width: float = 6.4, height: float = 2.6, dpi: int = 80):
+        self.smoothing = smoothing
+        self.train: list[tuple[int, float]] = []
+        self.eval: list[tuple[int, float]] = []
+        self.figure = Figure(figsize=(width, height), dpi=dpi)
+        self.figure.subplots_adjust(left=0.13, right=0.98, top=0.95, bottom=0.18)
+        FigureCanvasAgg(self.figure)
+        self.axes = self.figure.add_subplot()
+        self.axes.set_xlabel("step")
+        self.axes.set_ylabel("loss")
+        self.axes.grid(alpha=0.3)
+        (self.train_line,) = self.axes.plot([], [], color="tab:blue", alpha=0.3, label="train")
+        (self.smooth_line,) = self.axes.plot([], [], color="tab:blue", label="train (smoothed)")
+        (self.eval_line,) = self.axes.plot([], [], "o-", color="tab:orange", label="eval")
+        self.axes.legend(loc="upper right", fontsize="small")
+
+    def add(self, event: dict) -> bool:
+        """Take a run event; True if it changed the curves."""
+        if event["type"] == "log" and event.get("loss") is not None:
+            self.train.append((event["step"], event["loss"]))
+            return True
+        if event["type"] == "eval":
+            self.eval.append((event["step"], event["eval_loss"]))
+            return True
+        return False
+
+    def smoothed(self) -> list[float]:
+        """Exponential moving average, debiased so the first points aren't pulled towards zero."""
+        out, average = [], 0.0
+        for i, (_, loss) in enumerate(self.train, 1):
+            average = self.smoothing * average + (1 - self.smoothing) * loss
+            out.append(average / (1 - self.smoothing**i))
+        return out
+
+    def png(self) -> bytes:
+        steps = [s for s, _ in self.train]
+        self.train_line.set_data(steps, [loss for _, loss in self.train])
+        self.smooth_line.set_data(steps, self.smoothed())
+        self.eval_line.set_data([s for s, _ in self.eval], [loss for _, loss in self.eval])
+        self.axes.relim()
+        self.axes.autoscale_view()
+        buffer = io.BytesIO()
+        self.figure.savefig(buffer, format="png")
+        return buffer.getvalue()
+
+    def _repr_png_(self) -> bytes:
+        return self.png()

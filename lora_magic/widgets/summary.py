@@ -1,0 +1,61 @@
+"""Texts shared by the dashboard and the plain-text progress: durations, sizes, the final summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+FINISHED = ("completed", "stopped", "failed")
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def trainable(run: Any) -> str:
+    """'1,234,567 trainable of 135M (0.91%)', or '' before the worker has counted them."""
+    if not run.trainable_params:
+        return ""
+    share = 100 * run.trainable_params / max(run.total_params, 1)
+    return f"{run.trainable_params:,} trainable of {run.total_params / 1e6:,.1f}M parameters ({share:.2f}%)"
+
+
+def progress(event: dict) -> str:
+    """One log event as 'step 5/20 · loss 2.3456 · elapsed 0:03 · ETA 0:07 · 1,234 tokens/s'."""
+    return (
+        f"step {event['step']}/{event['total_steps']} · loss {event['loss']:.4f} · "
+        f"elapsed {duration(event.get('elapsed'))} · ETA {duration(event.get('eta'))} · "
+        f"{event.get('tokens_per_second') or 0:,.0f} tokens/s"
+    )
+
+
+def final(run: Any) -> list[str]:
+    """What happened, where the adapter is and what to do next, as lines of text."""
+    name = run.name
+    if run.status == "failed":
+        return [f"Run {name} failed at step {run.step}: {run.error}"]
+    metrics = run.metrics
+    lines = [
+        f"Run {name} {run.status} after {run.step}/{run.total_steps} steps"
+        + (f"; train loss {metrics['train_loss']:.4f}" if "train_loss" in metrics else "")
+        + (
+            f"; eval loss {metrics['first_eval_loss']:.4f} → {metrics['eval_loss']:.4f}"
+            if len(run.eval_losses) > 1
+            else f"; eval loss {metrics['eval_loss']:.4f}"
+            if "eval_loss" in metrics
+            else ""
+        )
+        + "."
+    ]
+    if run.adapter_path:
+        lines.append(f"Adapter saved to {run.adapter_path}")
+    lines.append(
+        f"Next: compare it with the base in a %%compare cell or lora_magic.compare('a prompt', "
+        f"adapters=['base', '{name}'])"
+    )
+    if run.status == "stopped" and run.store.last_checkpoint(name):
+        lines.append(f"Continue training with lora_magic.resume('{name}')")
+    return lines

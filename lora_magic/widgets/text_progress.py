@@ -1,0 +1,63 @@
+"""Training progress as compact text lines and a final static plot, where no widget frontend exists
+(terminal IPython, nbclient/nbconvert/papermill execution, plain Python)."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from typing import Any, TextIO
+
+from . import summary
+from .loss_plot import LossPlot
+
+
+class TextProgress:
+    def __init__(self, run: Any, out: TextIO | None = None, lines: int = 10):
+        self.run, self.out, self.lines = run, out, lines
+        self.plot = LossPlot()
+        self.introduced = False
+
+    def say(self, text: str) -> None:
+        print(f"[{self.run.name}] {text}", file=self.out or sys.stdout, flush=True)
+
+    def handle(self, event: dict) -> None:
+        self.plot.add(event)
+        kind = event["type"]
+        if kind == "log" and not self.introduced:
+            self.introduced = True
+            quantization = (
+                "" if self.run.config.quantization == "none" else f" ({self.run.config.quantization})"
+            )
+            self.say(f"{self.run.config.model}{quantization}, {summary.trainable(self.run)}")
+        if kind == "log":
+            every = max(1, event["total_steps"] // self.lines)
+            step = event["step"]
+            if step == 1 or step % every == 0 or step == event["total_steps"]:
+                self.say(summary.progress(event))
+        elif kind == "eval":
+            self.say(f"step {event['step']}: eval loss {event['eval_loss']:.4f}")
+        elif kind == "probe":
+            self.say(
+                f"probe at step {event['step']}: {event['prompt']!r}\n"
+                f"    base:    {textwrap.shorten(event['base'], 100)}\n"
+                f"    adapter: {textwrap.shorten(event['adapter'], 100)}"
+            )
+        elif kind == "status" and event["status"] == "paused":
+            self.say(f"paused at step {event['step']}")
+
+    def stop(self) -> None:
+        self.run.stop()
+        self.say("stopping after this step; the adapter will be saved")
+
+    def refresh(self, force: bool = False) -> None:
+        """Text is written as events come; nothing is pending."""
+
+    def finish(self) -> None:
+        for line in summary.final(self.run):
+            self.say(line)
+        if self.plot.train:
+            try:
+                from IPython.display import Image, display
+            except ImportError:
+                return
+            display(Image(data=self.plot.png(), format="png"))

@@ -1,0 +1,86 @@
+"""Following a run: the dashboard (or text) fed with its past events, then its new ones.
+
+Foreground: the caller's (main) thread pumps events from a queue into the view until the run
+ends; a kernel interrupt there stops the run gracefully and the pumping goes on to the end, so the
+adapter is saved and the kernel stays usable. Background: the view is fed by the worker's
+subscriber callback, which only sets widget traits, and `watch` returns at once.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any
+
+from .dashboard import Dashboard
+from .frontend import use_widgets
+from .text_progress import TextProgress
+
+
+def watch(run: Any, background: bool = False, widgets: bool | None = None) -> Dashboard | None:
+    """Show `run`'s progress; foreground blocks until it ends. Returns the dashboard, if any."""
+    if widgets is None:
+        widgets = use_widgets()
+    if not widgets:
+        view = TextProgress(run)
+        if background:
+            view.say("training in the background; run.wait() blocks until it ends, %lora watch follows it")
+            return None
+        pump(run, view)
+        return None
+    from IPython.display import display
+
+    dashboard = Dashboard(run)
+    dashboard.bind_controls()
+    display(dashboard.widget)
+    if background:
+        follow(run, dashboard)
+    else:
+        pump(run, dashboard)
+    return dashboard
+
+
+def pump(run: Any, view: Dashboard | TextProgress, poll: float = 0.25) -> None:
+    """Feed `view` in this thread until the run ends; KeyboardInterrupt means stop."""
+    events: queue.Queue = queue.Queue()
+    unsubscribe = run.subscribe(events.put)
+    past = list(run.events)
+    replayed = {id(e) for e in past}  # events live in run.events, so their ids stay unique
+    try:
+        for event in past:
+            view.handle(event)
+        while True:
+            try:
+                try:
+                    event = events.get(timeout=poll)
+                except queue.Empty:
+                    if run.done and events.empty():
+                        break
+                    view.refresh()
+                    continue
+                if id(event) not in replayed:
+                    view.handle(event)
+            except KeyboardInterrupt:
+                view.stop()
+    finally:
+        unsubscribe()
+        view.finish()
+
+
+def follow(run: Any, view: Dashboard) -> None:
+    """Feed `view` from the run's worker thread, after replaying what already happened."""
+    lock = threading.Lock()
+    replayed: set[int] = set()
+
+    def on_event(event: dict) -> None:
+        with lock:
+            if id(event) not in replayed:
+                view.handle(event)
+
+    with lock:
+        run.subscribe(on_event)
+        past = list(run.events)
+        replayed.update(id(e) for e in past)
+        for event in past:
+            view.handle(event)
+        view.finish()

@@ -1,0 +1,107 @@
+"""The widgets in a real JupyterLab: `%%finetune`'s dashboard advances, its loss plot redraws, its Stop
+button stops the busy cell's run with the adapter saved, and `%%compare` shows two columns of text.
+
+Screenshots go to test-artifacts/widgets-*.png.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import nbformat
+import pytest
+from jupyterlab_session import ARTIFACTS, chromium, jupyterlab
+from nbformat.v4 import new_code_cell, new_notebook
+
+pytestmark = pytest.mark.browser
+RUN = "widget-run"
+STEPS = 5000  # the test ends the run with the dashboard's Stop button
+PROBE = "Describe the red lamp."
+
+
+def notebook(model_dir: str, records: list[dict]) -> nbformat.NotebookNode:
+    return new_notebook(
+        cells=[
+            new_code_cell(f"%load_ext lora_magic\nrecords = {json.dumps(records)}"),
+            new_code_cell(
+                f"%%finetune\nmodel: {model_dir}\ndata: records\nname: {RUN}\nsteps: {STEPS}\n"
+                f"batch_size: 2\neval_every: 100\nprobes: [{PROBE}]\nprobe_tokens: 6\nprobe_every: 5"
+            ),
+            # sampled, so the random tiny model writes visible text rather than blank lines
+            new_code_cell(f"%%compare --max-new-tokens 8 --temperature 1.0\n{PROBE}"),
+        ],
+        metadata={
+            "kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+        },
+    )
+
+
+def step_shown(dashboard) -> int:
+    found = re.search(r"step (\d+)/", dashboard.locator(".widget-html").nth(1).inner_text())
+    return int(found.group(1)) if found else 0
+
+
+def wait_until(condition, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.3)
+
+
+def test_dashboard_stop_and_compare_in_jupyterlab(tmp_path, tiny_model_dir, records):
+    from playwright.sync_api import expect
+
+    runs = tmp_path / "root" / "lora_runs"
+    with (
+        jupyterlab(tmp_path, env={"LORA_MAGIC_RUNS": str(runs), "LORA_MAGIC_WIDGETS": ""}) as lab,
+        chromium() as browser,
+    ):
+        nbformat.write(notebook(tiny_model_dir, records), lab.root / "widgets.ipynb")
+        page = browser.new_page(viewport={"width": 1300, "height": 1000})
+        page.set_default_timeout(60_000)
+        try:
+            page.goto(lab.open("widgets.ipynb"))
+            expect(page.locator("#jp-main-statusbar")).to_contain_text("| Idle", timeout=120_000)
+            page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+            page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+
+            dashboard = page.locator(".lora-magic-dashboard")
+            dashboard.wait_for(timeout=180_000)  # the kernel imports torch and loads the model first
+            expect(dashboard).to_contain_text(RUN)
+            wait_until(lambda: step_shown(dashboard) >= 2, 180, "the dashboard showed no progress")
+            first_step = step_shown(dashboard)
+            image = dashboard.locator("img")
+            wait_until(lambda: image.get_attribute("src"), 60, "no loss plot was drawn")
+            first_image = image.get_attribute("src")
+            wait_until(lambda: step_shown(dashboard) > first_step + 2, 120, "the progress did not advance")
+            wait_until(
+                lambda: image.get_attribute("src") != first_image, 120, "the loss plot was not redrawn"
+            )
+            expect(dashboard).to_contain_text("trainable")
+            expect(dashboard.locator(".lora-magic-probes")).to_contain_text(PROBE)
+            dashboard.scroll_into_view_if_needed()
+            page.screenshot(path=ARTIFACTS / "widgets-1-dashboard-training.png")
+
+            dashboard.get_by_role("button", name="Stop").click()
+            expect(dashboard).to_contain_text("Adapter saved to", timeout=120_000)
+            expect(dashboard).to_contain_text(f"Run {RUN} stopped")
+            record = json.loads((runs / RUN / "run.json").read_text())
+            assert record["status"] == "stopped" and first_step < record["step"] < STEPS
+            assert (runs / RUN / "adapter" / "adapter_config.json").is_file()
+            page.screenshot(path=ARTIFACTS / "widgets-2-dashboard-stopped.png")
+
+            # The queued %%compare cell runs once the stopped %%finetune cell returns.
+            columns = page.locator(".lora-magic-compare .lora-magic-column")
+            expect(columns).to_have_count(2, timeout=120_000)
+            expect(columns.nth(0)).to_contain_text("base")
+            expect(columns.nth(1)).to_contain_text(RUN)
+            for column in (columns.nth(0), columns.nth(1)):
+                expect(column).to_contain_text("tokens/s", timeout=60_000)
+                assert column.locator(".widget-html").nth(1).inner_text().strip()
+            page.locator(".lora-magic-compare").scroll_into_view_if_needed()
+            page.screenshot(path=ARTIFACTS / "widgets-3-compare.png")
+        except Exception:
+            page.screenshot(path=ARTIFACTS / "widgets-failure.png")
+            raise

@@ -1,0 +1,152 @@
+"""The training dashboard on a real run of the tiny model: events → widgets, buttons → engine."""
+
+from __future__ import annotations
+
+import _thread
+import threading
+
+import pytest
+
+import lora_magic
+from lora_magic.widgets import Dashboard, watch
+from lora_magic.widgets.watch import follow, pump
+
+PNG = b"\x89PNG\r\n\x1a\n"
+PROBE = "Describe the red lamp."
+
+
+@pytest.fixture
+def start(tiny_model_dir, records, runs_dir):
+    def start(steps: int = 4, **settings):
+        settings = {"eval_every": steps, "probe_tokens": 4, **settings}
+        return lora_magic.train(
+            model=tiny_model_dir, data=records, steps=steps, runs_dir=runs_dir, **settings
+        )
+
+    return start
+
+
+def first_log(run) -> threading.Event:
+    seen = threading.Event()
+    run.subscribe(lambda event: event["type"] == "log" and seen.set())
+    return seen
+
+
+def test_foreground_dashboard_shows_the_whole_run(start):
+    run = start(steps=4, probes=[PROBE])
+    dashboard = Dashboard(run)
+    pump(run, dashboard)
+    assert run.status == "completed"
+    assert (dashboard.progress.value, dashboard.progress.max) == (4, 4)
+    assert dashboard.progress.bar_style == "success"
+    assert "step 4/4" in dashboard.stats.value and "tokens/s" in dashboard.stats.value
+    assert "eval loss" in dashboard.stats.value
+    assert run.name in dashboard.header.value and "trainable" in dashboard.header.value
+    assert f"{run.trainable_params:,}" in dashboard.header.value
+    assert bytes(dashboard.image.value).startswith(PNG)
+    assert dashboard.plot.train == run.losses
+    assert PROBE in dashboard.probes.value and "step 4" in dashboard.probes.value
+    assert str(run.adapter_path) in dashboard.summary.value
+    assert dashboard.stop_button.disabled and dashboard.pause_button.disabled
+
+
+def test_stop_button_stops_the_run_and_the_adapter_is_saved(start):
+    run = start(steps=40)
+    dashboard = Dashboard(run)
+    follow(run, dashboard)  # background: fed by the worker thread
+    assert first_log(run).wait(60)
+    dashboard.stop_button.click()
+    assert dashboard.stop_button.disabled and "stopping" in dashboard.stats.value
+    run.wait(60)
+    assert run.status == "stopped" and run.step < 40
+    assert run.adapter_path is not None
+    assert dashboard.progress.bar_style == "warning"
+    assert "stopped" in dashboard.summary.value and str(run.adapter_path) in dashboard.summary.value
+    assert "lora_magic.resume" in dashboard.summary.value
+
+
+def test_pause_button_holds_training_until_resume(start):
+    run = start(steps=6)
+    dashboard = Dashboard(run)
+    follow(run, dashboard)
+    paused = threading.Event()
+    run.subscribe(lambda event: event.get("status") == "paused" and paused.set())
+    assert first_log(run).wait(60)
+    dashboard.pause_button.click()
+    assert dashboard.pause_button.description == "Resume"
+    assert paused.wait(30)
+    held = run.step
+    assert not run.wait(1.5).done and run.step == held
+    assert "paused" in dashboard.stats.value
+    dashboard.pause_button.click()
+    run.wait(60)
+    assert run.status == "completed" and dashboard.pause_button.description == "Pause"
+
+
+def test_kernel_interrupt_in_the_foreground_is_a_graceful_stop(start):
+    run = start(steps=40)
+    interrupted = []
+
+    def interrupt_once(event):  # what a kernel interrupt does: KeyboardInterrupt in the main thread
+        if event["type"] == "log" and not interrupted:
+            interrupted.append(event["step"])
+            _thread.interrupt_main()
+
+    run.subscribe(interrupt_once)
+    dashboard = watch(run, widgets=True)
+    assert interrupted and run.status == "stopped" and run.step < 40
+    assert run.adapter_path is not None
+    assert "stopped" in dashboard.summary.value
+
+
+def test_plot_drawing_stays_within_its_budget(start):
+    run = start(steps=12)
+    dashboard = Dashboard(run, budget=0.02)
+    pump(run, dashboard)
+    elapsed = run.events[-1]["time"] - run.events[0]["time"]
+    one_draw = dashboard.throttle.spent / 2  # the first draw and the final forced one are unthrottled
+    assert dashboard.throttle.spent <= 0.02 * elapsed + 2 * one_draw
+    assert bytes(dashboard.image.value).startswith(PNG)
+
+
+def test_background_watch_returns_at_once_and_keeps_updating(start):
+    run = start(steps=4)
+    dashboard = watch(run, background=True, widgets=True)
+    assert not run.done
+    run.wait(60)
+    assert dashboard.progress.value == 4 and dashboard.progress.bar_style == "success"
+    assert bytes(dashboard.image.value).startswith(PNG)
+
+
+def test_watching_a_finished_run_replays_its_events(start):
+    run = start(steps=3)
+    run.wait(60)
+    dashboard = watch(run, widgets=True)
+    assert dashboard.progress.value == 3 and "completed" in dashboard.summary.value
+    assert dashboard.plot.train == run.losses
+
+
+def test_text_progress_without_a_widget_frontend(start, capsys):
+    run = start(steps=4, probes=[PROBE])
+    assert watch(run, widgets=False) is None
+    out = capsys.readouterr().out
+    assert f"[{run.name}] " in out
+    assert "trainable" in out and "step 4/4 · loss" in out
+    assert f"probe at step 0: {PROBE!r}" in out
+    assert f"Adapter saved to {run.adapter_path}" in out
+    assert "IPython.core.display.Image" in out  # the final static plot, shown as text outside IPython
+
+
+def test_a_failed_run_shows_its_error(runs_dir):
+    from lora_magic.training import Run
+
+    store = lora_magic.RunStore(runs_dir)
+    store.create("broken", {"name": "broken", "status": "running"})
+    run = Run("broken", lora_magic.RunConfig(), store)
+    dashboard = Dashboard(run)
+    run.error = "out of memory at step 3: lower batch_size or max_length, or use quantization='4bit'"
+    run._set_status("failed", error=run.error)  # as the worker does
+    dashboard.handle(run.events[-1])
+    assert dashboard.progress.bar_style == "danger"
+    assert "failed at step 0: out of memory" in dashboard.summary.value
+    assert dashboard.stop_button.disabled
