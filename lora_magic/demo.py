@@ -19,7 +19,9 @@ def main() -> None:
     args = parser.parse_args()
 
     records = load_records(str(bundled_dataset()))
-    print(f"Fine-tuning smollm2-135m ({args.quantization}) on {len(records)} product descriptions, {args.steps} steps")
+    print(
+        f"Fine-tuning smollm2-135m ({args.quantization}) on {len(records)} product descriptions, {args.steps} steps"
+    )
     run = lm.train(
         model="smollm2-135m",
         quantization=args.quantization,

@@ -6,7 +6,9 @@ HEAVY = "{'torch', 'transformers', 'peft', 'trl', 'bitsandbytes', 'datasets'}"
 
 def heavy_modules_after(code: str) -> str:
     probe = f"{code}\nimport sys\nprint(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY}))"
-    return subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        [sys.executable, "-c", probe], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def test_importing_the_package_imports_nothing_heavy():
