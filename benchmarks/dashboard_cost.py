@@ -17,31 +17,9 @@ import time
 from pathlib import Path
 
 import lora_magic
+from lora_magic.testing import tiny_llama
 from lora_magic.widgets import Dashboard
 from lora_magic.widgets.watch import follow, pump
-
-
-def tiny_model(folder: Path) -> str:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from lora_magic.models import builtin_checkpoint
-
-    tokenizer = AutoTokenizer.from_pretrained(builtin_checkpoint("smollm2-135m"))
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 def records(n: int = 64) -> list[dict[str, str]]:
@@ -84,7 +62,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as temp:
-        model = args.model or tiny_model(Path(temp) / "tiny")
+        model = args.model or tiny_llama(Path(temp) / "tiny")
         results: dict[str, list[tuple[float, float]]] = {"none": [], "foreground": [], "background": []}
         for _ in range(args.repeats):
             for mode in results:  # interleaved, so drift in machine load hits every mode alike

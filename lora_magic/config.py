@@ -54,6 +54,12 @@ class RunConfig:
         "model",
         choices=("auto", "float32", "bfloat16", "float16"),
     )
+    device: str = setting(
+        "auto",
+        "Where the model runs: 'auto' (the GPU when torch sees one, else the CPU), 'cuda' or 'cpu'.",
+        "model",
+        choices=("auto", "cuda", "cpu"),
+    )
     trust_remote_code: bool = setting(
         False, "Run model code shipped with a Hub repository. Off unless you trust it.", "model"
     )
@@ -225,6 +231,11 @@ def _require(config: RunConfig, name: str, ok: bool, valid: str) -> None:
 
 def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(RunConfig)]
+
+
+def choices(name: str) -> tuple:
+    """The allowed values of a setting with a closed set of values."""
+    return next(f for f in dataclasses.fields(RunConfig) if f.name == name).metadata["choices"]
 
 
 def fields_by_section() -> dict[str, list[dataclasses.Field]]:

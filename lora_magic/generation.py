@@ -167,7 +167,7 @@ class Session:
     # -- the base ------------------------------------------------------------------------------
     def ensure_base(self, config: RunConfig) -> None:
         """Load the config's base model unless it is already the one in memory."""
-        key = (config.model, config.quantization, config.dtype, config.trust_remote_code)
+        key = (config.model, config.quantization, config.dtype, config.device, config.trust_remote_code)
         if self.model is not None and self.key == key:
             return
         _refuse_while_training("load another base model")

@@ -124,22 +124,34 @@ def base_fingerprint(resolved: str) -> str:
     return "sha256:" + digest.hexdigest()[:16]
 
 
+# PEFT reads transformers' deprecated `is_gradient_checkpointing` each time it wraps a model; the
+# warning is for PEFT's authors, not for someone fine-tuning.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
 # -- hardware ----------------------------------------------------------------------------------------
-def device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def device(choice: str = "auto") -> str:
+    """'cuda' or 'cpu' for a device setting; asking for a GPU that torch cannot see is an error."""
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ModelError(
+            f"device='cuda' but torch {torch.__version__} sees no CUDA GPU; use device='auto' or 'cpu'"
+        )
+    return choice
 
 
 def compute_dtype(config: RunConfig) -> torch.dtype:
     """float32 on CPU (fast there; bf16 on CPU is emulated), bf16 on GPUs with it, else fp16."""
     if config.dtype != "auto":
         return getattr(torch, config.dtype)
-    if device() == "cpu":
+    if device(config.device) == "cpu":
         return torch.float32
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def gpu_memory_gib() -> float:
-    return torch.cuda.get_device_properties(0).total_memory / 2**30 if device() == "cuda" else 0.0
+    return torch.cuda.get_device_properties(0).total_memory / 2**30
 
 
 # -- loading -----------------------------------------------------------------------------------------
@@ -161,7 +173,7 @@ def load_base(config: RunConfig) -> tuple[Any, Any, str]:
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
         # bitsandbytes' int8 CPU path says this on every matmul; it is expected there.
         warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
-    kwargs["device_map"] = {"": 0 if device() == "cuda" else "cpu"}
+    kwargs["device_map"] = {"": 0 if device(config.device) == "cuda" else "cpu"}
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved, trust_remote_code=config.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(resolved, **kwargs)

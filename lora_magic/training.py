@@ -186,7 +186,7 @@ def train(config: RunConfig | None = None, /, *, runs_dir: str | Path | None = N
         "model": config.model,
         "resolved_model": shared.resolved,
         "quantization": config.quantization,
-        "device": models.device(),
+        "device": models.device(config.device),
         "versions": _versions(),
         "data_fingerprint": prepared.fingerprint,
         "base_fingerprint": models.base_fingerprint(shared.resolved),
@@ -199,6 +199,7 @@ def train(config: RunConfig | None = None, /, *, runs_dir: str | Path | None = N
     folder = store.create(name, record)
     _write_records(folder / "data", prepared)
     run = Run(name, config, store)
+    run._set_status("running")  # the first event, so every view sees the run from its start
     shared.add_training_adapter(name, config, targets)
     return _manager.start(run, lambda: _work(run, prepared, resume_from=None))
 
@@ -334,7 +335,7 @@ def _build_trainer(run: Run, model: Any, tokenizer: Any, prepared: Prepared) -> 
     datasets.disable_progress_bars()
 
     config = run.config
-    on_gpu = models.device() == "cuda"
+    on_gpu = models.device(config.device) == "cuda"
     precision = config.precision
     if precision == "auto":
         precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if on_gpu else "fp32"
@@ -365,7 +366,7 @@ def _build_trainer(run: Run, model: Any, tokenizer: Any, prepared: Prepared) -> 
         save_total_limit=2,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        gradient_checkpointing=checkpointing,
+        **{checkpointing_argument(): checkpointing},
         max_length=config.max_length,
         include_num_input_tokens_seen="non_padding",
         dataloader_pin_memory=on_gpu,
@@ -383,6 +384,15 @@ def _build_trainer(run: Run, model: Any, tokenizer: Any, prepared: Prepared) -> 
     )
     trainer.remove_callback(PrinterCallback)  # progress goes through run events, not stdout
     return trainer
+
+
+def checkpointing_argument() -> str:
+    """The trainer's name for gradient checkpointing: newer transformers call it
+    activation_checkpointing and warn on the old name."""
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    return "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
 
 
 class RunCallback(TrainerCallback):

@@ -13,7 +13,7 @@ from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, 
 from IPython.core.magic_arguments import argument, kwds, magic_arguments
 from traitlets import Enum, Unicode
 
-from ..config import RunConfig
+from ..config import RunConfig, choices
 from ..runs import RunStore
 from .commands import FORMATTER, compare_arguments, help_text, lookup, overview, run_compare, user_errors
 from .options import (
@@ -38,6 +38,11 @@ class LoraMagics(Magics):
     ).tag(config=True)
     default_model = Unicode(
         "smollm2-135m", help="Base model used when a magic names none (a built-in name, Hub id or folder)."
+    ).tag(config=True)
+    device = Enum(
+        choices("device"),
+        "auto",
+        help="Device used when a magic names none: 'auto' (the GPU when there is one), 'cuda' or 'cpu'.",
     ).tag(config=True)
     widgets = Enum(
         ("auto", "on", "off"),
@@ -143,7 +148,7 @@ class LoraMagics(Magics):
 
     def run_config(self, given: dict[str, Any]) -> RunConfig:
         """A RunConfig from settings typed in a magic: data variables resolved, the default model."""
-        settings = {"model": self.default_model, **given}
+        settings = {"model": self.default_model, "device": self.device, **given}
         for key in DATA_SETTINGS:
             if key in settings:
                 settings[key] = self.variables.data_source(settings[key], key)

@@ -180,7 +180,9 @@ def _hardware(config: RunConfig, on_gpu: bool) -> list[str]:
     checkpointing: Any = config.gradient_checkpointing == "on"
     if config.gradient_checkpointing == "auto" and on_gpu:
         checkpointing = "torch.cuda.get_device_properties(0).total_memory < 16 * 2**30"
-    lines.append(f"    gradient_checkpointing={checkpointing},")
+    from ..training import checkpointing_argument
+
+    lines.append(f"    {checkpointing_argument()}={checkpointing},")
     if not on_gpu:
         lines.append("    use_cpu=True,")
     return lines

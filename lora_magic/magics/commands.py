@@ -309,7 +309,8 @@ def ui(magics: LoraMagics, args: Any) -> None:
         raise UsageError("the settings form needs a widget frontend; %%finetune --help lists the settings")
     from ..widgets import ConfigForm
 
-    display(ConfigForm(magics.shell.user_ns, config=magics.last_config).widget)
+    config = magics.last_config or magics.run_config({})  # the %config defaults
+    display(ConfigForm(magics.shell.user_ns, config=config).widget)
 
 
 # -- adapters and generation -----------------------------------------------------------------------

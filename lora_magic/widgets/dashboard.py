@@ -27,6 +27,7 @@ class Dashboard:
         self.pending = False  # the plot has data that isn't drawn yet
         self.probe_answers: dict[str, dict] = {}
         self.state, self.line, self.eval_line = run.status, "", ""
+        self.last_log: dict | None = None
         self.header = w.HTML()
         self.progress = w.IntProgress(
             value=0, min=0, max=max(run.total_steps, 1), bar_style="info", layout=w.Layout(flex="1")
@@ -93,6 +94,7 @@ class Dashboard:
         if kind == "log":
             self.progress.max = max(event["total_steps"], 1)
             self.progress.value = event["step"]
+            self.last_log = event
             self.line = summary.progress(event)
         elif kind == "eval":
             self.eval_line = f"eval loss {event['eval_loss']:.4f} at step {event['step']}"
@@ -141,6 +143,8 @@ class Dashboard:
         if finished:
             self.progress.bar_style = BAR_STYLES[status]
             self.stop_button.description = "Stop"
+            if self.last_log:
+                self.line = summary.progress(self.last_log, finished=True)
             lines = [html.escape(line) for line in summary.final(self.run)]
             colour = "#b00020" if status == "failed" else "inherit"
             self.summary.value = f"<div style='color:{colour}'>" + "<br>".join(lines) + "</div>"

@@ -23,11 +23,15 @@ def trainable(run: Any) -> str:
     return f"{run.trainable_params:,} trainable of {run.total_params / 1e6:,.1f}M parameters ({share:.2f}%)"
 
 
-def progress(event: dict) -> str:
-    """One log event as 'step 5/20 · loss 2.3456 · elapsed 0:03 · ETA 0:07 · 1,234 tokens/s'."""
+def progress(event: dict, finished: bool = False) -> str:
+    """One log event as 'step 5/20 · loss 2.3456 · elapsed 0:03 · ETA 0:07 · 1,234 tokens/s'.
+
+    A finished run has no ETA, so `finished` leaves it out.
+    """
+    eta = "" if finished else f"ETA {duration(event.get('eta'))} · "
     return (
         f"step {event['step']}/{event['total_steps']} · loss {event['loss']:.4f} · "
-        f"elapsed {duration(event.get('elapsed'))} · ETA {duration(event.get('eta'))} · "
+        f"elapsed {duration(event.get('elapsed'))} · {eta}"
         f"{event.get('tokens_per_second') or 0:,.0f} tokens/s"
     )
 

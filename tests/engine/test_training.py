@@ -37,7 +37,9 @@ def test_a_run_publishes_events_and_fills_the_run_store(tiny_model_dir, records,
     run.wait()
     assert run.status == "completed" and run.step == 6
     kinds = [e["type"] for e in run.events]
-    assert kinds.count("log") == 6 and kinds.count("eval") == 3 and kinds[-1] == "status"
+    assert kinds.count("log") == 6 and kinds.count("eval") == 3
+    statuses = [e["status"] for e in run.events if e["type"] == "status"]
+    assert kinds[0] == kinds[-1] == "status" and statuses == ["running", "completed"]
     assert {e["step"] for e in run.events if e["type"] == "probe"} == {0, 3, 6}
     log = next(e for e in run.events if e["type"] == "log")
     assert (
@@ -185,9 +187,14 @@ def test_out_of_memory_fails_the_run_with_advice(tiny_model_dir, records, runs_d
     ).wait()  # the manager is free again
 
 
-def test_bad_input_is_refused_before_the_run_store_is_touched(tiny_model_dir, runs_dir):
+def test_bad_input_is_refused_before_the_run_store_is_touched(tiny_model_dir, runs_dir, monkeypatch):
     with pytest.raises(lm.DataError, match=r"row 0 has no field 'response'"):
         lm.train(model=tiny_model_dir, data=[{"instruction": "x", "answer": "y"}], steps=2)
     with pytest.raises(lm.ModelError, match=r"target module 'qq' is not a linear layer"):
         lm.train(model=tiny_model_dir, data=[{"instruction": "x", "response": "y"}], targets="qq", steps=2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the hardware is the boundary
+    with pytest.raises(
+        lm.ModelError, match=r"device='cuda' but torch \S+ sees no CUDA GPU; use device='auto' or 'cpu'"
+    ):
+        lm.train(model=tiny_model_dir, data=[{"instruction": "x", "response": "y"}], device="cuda", steps=2)
     assert not runs_dir.exists() or not any(runs_dir.iterdir())

@@ -168,3 +168,6 @@ def test_settings_are_kept_with_config(ip, lm, tmp_path, capsys):
     )
     ip.run_line_magic("config", "LoraMagics.default_model = 'org/some-model'")
     assert lm.run_config({"data": "x.jsonl"}).model == "org/some-model"
+    ip.run_line_magic("config", "LoraMagics.device = 'cpu'")
+    assert lm.run_config({"data": "x.jsonl"}).device == "cpu"
+    assert lm.run_config({"data": "x.jsonl", "device": "auto"}).device == "auto"  # a magic's own value wins

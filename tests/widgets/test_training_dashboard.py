@@ -63,6 +63,7 @@ def test_stop_button_stops_the_run_and_the_adapter_is_saved(start):
     assert dashboard.progress.bar_style == "warning"
     assert "stopped" in dashboard.summary.value and str(run.adapter_path) in dashboard.summary.value
     assert "lora_magic.resume" in dashboard.summary.value
+    assert "ETA" not in dashboard.stats.value  # no countdown left on a finished run
 
 
 def test_pause_button_holds_training_until_resume(start):
