@@ -1,10 +1,11 @@
-"""Seconds per optimizer step of the built-in model under different settings.
+"""Training and generation speed of the built-in model under different settings.
 
-    .venv/bin/python benchmarks/training_speed.py [--steps 8]
+    .venv/bin/python benchmarks/training_speed.py [--steps 8] [--tokens 32]
 
 Rows: lora_magic's CPU defaults (float32, no gradient checkpointing); TRL's SFTConfig defaults
 (bf16 + gradient checkpointing); 8-bit LoRA; 4-bit QLoRA. Batch 4 of the bundled product
-descriptions (~90 tokens each). The first step is excluded (warm-up). Prints a Markdown table.
+descriptions (~90 tokens each). The first step is excluded (warm-up). After training, the
+adapter answers one prompt greedily with the KV cache. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 import lora_magic as lm
 from lora_magic.data import bundled_dataset, load_records
 
+PROMPT = "Create a detailed description for the following product: Polar Kettle, belonging to category: Kitchen Appliance"
 CASES = {
     "lora_magic CPU defaults (fp32, no checkpointing)": {},
     "TRL defaults (bf16 + gradient checkpointing)": {"precision": "bf16", "gradient_checkpointing": "on"},
@@ -25,7 +27,8 @@ CASES = {
 }
 
 
-def seconds_per_step(steps: int, runs_dir: str, **settings) -> tuple[float, float]:
+def measure(steps: int, tokens: int, runs_dir: str, **settings) -> tuple[float, float, float]:
+    """(seconds per step, training tokens/s, generated tokens/s)."""
     run = lm.train(
         model="smollm2-135m",
         data=load_records(str(bundled_dataset())),
@@ -37,23 +40,25 @@ def seconds_per_step(steps: int, runs_dir: str, **settings) -> tuple[float, floa
     ).wait()
     logs = [e for e in run.events if e["type"] == "log"]
     per_step = (logs[-1]["elapsed"] - logs[0]["elapsed"]) / (len(logs) - 1)
-    tokens = sum(e["tokens_per_second"] for e in logs[1:]) / (len(logs) - 1)
+    training_tokens = sum(e["tokens_per_second"] for e in logs[1:]) / (len(logs) - 1)
+    answer = lm.compare(PROMPT, adapters=[run.name], max_new_tokens=tokens).answers[0]
     lm.free()
-    return per_step, tokens
+    return per_step, training_tokens, answer.tokens_per_second
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--tokens", type=int, default=32, help="new tokens generated after training")
     args = parser.parse_args()
     from lora_magic.models import device
 
     print(f"device: {device()}, {torch.get_num_threads()} threads")
-    print("| setting | s/step | tokens/s |\n| --- | --- | --- |")
+    print("| setting | s/step | training tokens/s | generated tokens/s |\n| --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as runs_dir:
         for label, settings in CASES.items():
-            per_step, tokens = seconds_per_step(args.steps, runs_dir, **settings)
-            print(f"| {label} | {per_step:.2f} | {tokens:.0f} |", flush=True)
+            per_step, training, generated = measure(args.steps, args.tokens, runs_dir, **settings)
+            print(f"| {label} | {per_step:.2f} | {training:.0f} | {generated:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

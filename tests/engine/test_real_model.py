@@ -1,4 +1,7 @@
-"""Behaviour on the built-in SmolLM2-135M: LoRA and QLoRA learn the trained format; exports agree."""
+"""Behaviour on the built-in SmolLM2-135M: LoRA and QLoRA learn the trained format; exports agree.
+
+Each quantisation is trained once per module (a few CPU minutes) and the tests share the runs.
+"""
 
 import pytest
 
@@ -7,41 +10,71 @@ from lora_magic.data import bundled_dataset, load_records
 
 pytestmark = pytest.mark.real_model
 
-HELD_OUT = [
+HELD_OUT = [  # products and categories the bundled training rows do not contain
     "Create a detailed description for the following product: Zenith Desk Lamp, belonging to category: Lighting",
     "Create a detailed description for the following product: Polar Kettle, belonging to category: Kitchen Appliance",
+    "Create a detailed description for the following product: Orbit Backpack, belonging to category: Travel",
 ]
+STEPS, LEARNING_RATE = 40, 1e-3
 
 
-def fine_tune(quantization: str, name: str):
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """`tuned(quantization)`: a finished run on the bundled products, trained on first use."""
+    runs_dir, finished = tmp_path_factory.mktemp("runs"), {}
     records = load_records(str(bundled_dataset()))
-    run = lm.train(
-        model="smollm2-135m",
-        quantization=quantization,
-        data=records[:120],
-        eval_data=records[120:128],
-        steps=24,
-        learning_rate=1e-3,
-        eval_every=24,
-        name=name,
-    )
-    return run.wait()
+
+    def tuned(quantization: str):
+        if quantization not in finished:
+            finished[quantization] = lm.train(
+                model="smollm2-135m",
+                quantization=quantization,
+                data=records[:120],
+                eval_data=records[120:128],
+                steps=STEPS,
+                learning_rate=LEARNING_RATE,
+                targets="all-linear",
+                eval_every=STEPS,
+                name=f"products-{quantization}",
+                runs_dir=runs_dir,
+            ).wait()
+        run = finished[quantization]
+        if run.name not in lm.session().adapters:  # the session is freed after each test
+            lm.session().load_adapter(run.name, runs_dir=runs_dir)
+        return run
+
+    return tuned
 
 
-@pytest.mark.parametrize("quantization", ["none", "4bit"])
-def test_tuned_model_follows_the_trained_format_and_eval_loss_falls(quantization, runs_dir):
-    run = fine_tune(quantization, f"products-{quantization}")
+def assert_eval_loss_fell(run):
     assert run.status == "completed", run.error
     first, last = run.eval_losses[0][1], run.eval_losses[-1][1]
     assert last < 0.6 * first, (first, last)
-    answers = [lm.compare(prompt, max_new_tokens=60) for prompt in HELD_OUT]
+
+
+def ends_with_terminator(answer: str) -> bool:
+    return answer.rstrip().endswith("### End")
+
+
+def test_lora_learns_the_format_the_base_does_not_follow(tuned):
+    run = tuned("none")
+    assert_eval_loss_fell(run)
+    answers = [lm.compare(prompt, adapters=["base", run.name], max_new_tokens=60) for prompt in HELD_OUT]
     assert not any("### End" in a["base"] for a in answers), answers
-    # 24 CPU steps: the tuned model ends with the trained terminator on at least half the held-out prompts
-    assert sum(a[run.name].rstrip().endswith("### End") for a in answers) >= len(HELD_OUT) / 2, answers
+    assert all(ends_with_terminator(a[run.name]) for a in answers), answers
 
 
-def test_merged_export_gives_the_same_greedy_answer(runs_dir, tmp_path):
-    run = fine_tune("none", "products-merge")
+def test_qlora_4bit_learns_the_format(tuned):
+    run = tuned("4bit")
+    assert_eval_loss_fell(run)
+    # The base's answers are checked in full precision above: on a CPU every 4-bit token costs a
+    # dequantisation of all the weights, and the base never stops early.
+    answers = [lm.compare(prompt, adapters=[run.name], max_new_tokens=60) for prompt in HELD_OUT]
+    assert all(ends_with_terminator(a[run.name]) for a in answers), answers
+
+
+def test_merged_export_gives_the_same_greedy_answer(tuned, tmp_path):
+    run = tuned("none")
     answer = lm.compare(HELD_OUT[0], adapters=[run.name], max_new_tokens=40)[run.name]
     merged = lm.session().merge(run.name, tmp_path / "merged")
     assert (merged.path / "model.safetensors").is_file() and (merged.path / "tokenizer.json").is_file()
