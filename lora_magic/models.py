@@ -184,7 +184,24 @@ def load_base(config: RunConfig) -> tuple[Any, Any, str]:
         raise ModelError(f"could not load model {config.model!r} ({resolved}): {error}{hint}") from error
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if config.quantization == "4bit":
+        keep_4bit_layers_trainable(model)
     return model, tokenizer, resolved
+
+
+def keep_4bit_layers_trainable(model: nn.Module) -> None:
+    """Stop bitsandbytes repacking 4-bit weights for CPU inference.
+
+    On CPUs with AVX512-BF16, the first forward pass of a `Linear4bit` in eval mode (an evaluation,
+    a probe, a comparison) converts its weights to an inference-only layout for good. Its backward
+    then passes no gradient to the layer's input, so every LoRA layer below it trains on a
+    truncated gradient: the run learns several times slower and can diverge, with no error.
+    """
+    from bitsandbytes.nn import Linear4bit
+
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _not_the_int8_cast_notice(record: logging.LogRecord) -> bool:

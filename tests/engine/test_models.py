@@ -152,3 +152,33 @@ def test_an_int8_base_runs_on_the_cpu_without_a_notice_per_matmul(tiny_model_dir
         logits = model(**tokenizer("a red lamp", return_tensors="pt")).logits
     assert logits.isfinite().all()
     assert not [r for r in caplog.records if "MatMul8bitLt" in r.getMessage()]
+
+
+def test_a_4bit_base_still_passes_gradients_down_after_an_eval_pass(tiny_model_dir):
+    """bitsandbytes repacks 4-bit weights for inference on the first eval-mode forward on CPUs with
+    AVX512-BF16, and its backward then drops the gradient to the layer's input. Evaluations and
+    probes run between training steps, so every LoRA layer's gradient must stay the same after one.
+    (On a CPU without AVX512-BF16 bitsandbytes never repacks, and this passes either way.)"""
+
+    model, tokenizer, _ = models.load_base(RunConfig(model=tiny_model_dir, quantization="4bit"))
+    model = get_peft_model(model, LoraConfig(r=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # B starts at zero, which would hide the gradient of A
+            torch.nn.init.normal_(param, std=0.1)
+    batch = tokenizer(["A kettle that boils water quickly."], return_tensors="pt")
+
+    def lora_gradients() -> dict[str, torch.Tensor]:
+        model.train()
+        model.zero_grad()
+        model(**batch, labels=batch["input_ids"]).loss.backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    before = lora_gradients()
+    model.eval()
+    with torch.no_grad():
+        model(**batch)
+    after = lora_gradients()
+    assert before.keys() == after.keys()
+    for name in before:
+        assert after[name] is not None, f"{name} got no gradient after an eval pass"
+        assert torch.allclose(before[name], after[name], rtol=1e-4, atol=1e-6), name
