@@ -29,6 +29,7 @@ _LAZY = {
     "Run": "training",
     "preview": "data",
     "load_records": "data",
+    "inspect_data": "datacheck",
     "session": "generation",
     "compare": "generation",
     "free": "generation",

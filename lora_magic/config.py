@@ -108,6 +108,35 @@ class RunConfig:
     train_on_prompt: bool = setting(
         False, "Compute the loss on the prompt tokens too. Default: on the response only.", "data"
     )
+    dedup: str = setting(
+        "none",
+        "Drop duplicate rows before training, keeping the first: 'none', 'exact' (the same text in "
+        "every field the template reads) or 'near' (also rows as similar as dedup_threshold).",
+        "data",
+        choices=("none", "exact", "near"),
+    )
+    dedup_threshold: float = setting(
+        0.8,
+        "Near-duplicates: the Jaccard similarity of two rows' word 3-grams from which they count as "
+        "one (candidates found with MinHash LSH).",
+        "data",
+    )
+    min_response_tokens: int = setting(
+        0, "Drop rows whose response has fewer tokens than this (1 drops empty ones). 0: keep all.", "data"
+    )
+    drop_template_markers: bool = setting(
+        False,
+        "Drop rows whose fields contain the template's own markers (e.g. '### Response:' or "
+        "'### End'), which teach the model a broken format.",
+        "data",
+    )
+    order: str = setting(
+        "shuffle",
+        "Order of the training examples: 'shuffle' (seeded random) or 'length' (short to long in "
+        "every epoch: a curriculum that also pads each batch least).",
+        "data",
+        choices=("shuffle", "length"),
+    )
     # -- lora --------------------------------------------------------------------------------
     r: int = setting(8, "LoRA rank: the size of the low-rank update (8 or 16 are common).", "lora")
     alpha: int = setting(16, "LoRA alpha: the update is scaled by alpha / r.", "lora")
@@ -179,6 +208,8 @@ class RunConfig:
         for name in ("steps", "warmup_steps", "eval_every", "save_every", "probe_every"):
             _require(self, name, getattr(self, name) >= 0, "0 or more")
         _require(self, "max_examples", self.max_examples is None or self.max_examples >= 1, "at least 1")
+        _require(self, "min_response_tokens", self.min_response_tokens >= 0, "0 or more")
+        _require(self, "dedup_threshold", 0 < self.dedup_threshold <= 1, "more than 0 and at most 1")
         _require(self, "epochs", self.epochs > 0, "more than 0")
         _require(self, "learning_rate", 0 < self.learning_rate < 1, "between 0 and 1, e.g. 2e-4")
         _require(self, "dropout", 0 <= self.dropout < 1, "from 0 up to (not including) 1")

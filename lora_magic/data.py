@@ -85,9 +85,12 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
     raise DataError(f"{path.name}: unsupported file type; use one of {', '.join(DATA_SUFFIXES)}")
 
 
-def split_records(config: RunConfig) -> tuple[list[dict], list[dict]]:
-    """(train, eval) records: eval_data if given, else the DatasetDict's eval split, else a seeded split."""
-    train = load_records(config.data)
+def split_records(config: RunConfig, train: list[dict] | None = None) -> tuple[list[dict], list[dict]]:
+    """(train, eval) records: eval_data if given, else the DatasetDict's eval split, else a seeded split.
+
+    `train` is the records of `data` when they are already loaded (and cleaned).
+    """
+    train = load_records(config.data) if train is None else train
     if config.eval_data is not None:
         evaluation = load_records(config.eval_data)
     elif type(config.data).__name__ == "DatasetDict" and ({"validation", "test"} & set(config.data)):
@@ -112,7 +115,7 @@ def fingerprint(*record_lists: list[dict]) -> str:
 
 
 # -- templates ---------------------------------------------------------------------------------------
-def _text(record: dict, field_name: str, row: int, optional: bool = False) -> str:
+def _text(record: dict, field_name: str, row: int, optional: bool = False, blank: bool = False) -> str:
     if field_name not in record:
         if optional:
             return ""
@@ -126,13 +129,31 @@ def _text(record: dict, field_name: str, row: int, optional: bool = False) -> st
         raise DataError(
             f"row {row}, field {field_name!r}: expected text, got {type(value).__name__} {value!r:.60}"
         )
-    if not optional and not value.strip():
+    if not (optional or blank) and not value.strip():
         raise DataError(f"row {row}, field {field_name!r} is empty")
     return value
 
 
 def format_fields(template: str) -> list[str]:
     return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+
+
+def template_fields(config: RunConfig) -> tuple[list[str], list[str]]:
+    """(prompt fields, response fields): the record fields the template reads."""
+    if config.template == "custom":
+        response = list(dict.fromkeys(format_fields(config.response_format)))
+        prompt = [name for name in dict.fromkeys(format_fields(config.prompt_format)) if name not in response]
+        return prompt, response
+    return [config.instruction_field, config.input_field], [config.response_field]
+
+
+def field_values(record: dict, row: int, config: RunConfig) -> dict[str, str]:
+    """The text of each field the template reads, prompt fields first; blank values are kept."""
+    prompt, response = template_fields(config)
+    optional = config.input_field if config.template != "custom" else None
+    return {
+        name: _text(record, name, row, optional=name == optional, blank=True) for name in prompt + response
+    }
 
 
 def render(record: dict, row: int, config: RunConfig, tokenizer: Any) -> tuple[str, str]:
@@ -215,6 +236,7 @@ class Prepared:
     train: list[dict] = field(repr=False)
     eval: list[dict] = field(repr=False)
     fingerprint: str = ""
+    cleaning: dict = field(default_factory=dict)  # rows of `data`, and those each cleaning rule dropped
 
     @property
     def train_tokens(self) -> int:
@@ -222,7 +244,10 @@ class Prepared:
 
 
 def prepare(config: RunConfig, tokenizer: Any) -> Prepared:
-    train_records, eval_records = split_records(config)
+    from .datacheck import clean  # datacheck builds on this module
+
+    records, cleaning = clean(load_records(config.data), config, tokenizer)
+    train_records, eval_records = split_records(config, records)
 
     def encoded(records: list[dict]) -> list[dict]:
         out = []
@@ -236,12 +261,17 @@ def prepare(config: RunConfig, tokenizer: Any) -> Prepared:
             out.append({"input_ids": example["input_ids"], "labels": example["labels"]})
         return out
 
+    train = encoded(train_records)
+    if config.order == "length":  # short to long; the trainer then reads the examples in order
+        order = sorted(range(len(train)), key=lambda i: len(train[i]["input_ids"]))
+        train_records, train = [train_records[i] for i in order], [train[i] for i in order]
     return Prepared(
         train_records,
         eval_records,
-        encoded(train_records),
+        train,
         encoded(eval_records),
         fingerprint(train_records, eval_records),
+        cleaning,
     )
 
 
@@ -308,19 +338,24 @@ def _merge(pieces: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
     return merged
 
 
+def load_tokenizer(config: RunConfig) -> Any:
+    """The tokenizer of the configured model, without loading the model."""
+    from transformers import AutoTokenizer
+
+    from .models import resolve_model
+
+    return AutoTokenizer.from_pretrained(
+        resolve_model(config.model), trust_remote_code=config.trust_remote_code
+    )
+
+
 def preview(
     config: RunConfig | None = None, n: int = 3, tokenizer: Any = None, **settings: Any
 ) -> DataPreview:
     """Render the first `n` training examples exactly as they will be trained, with statistics."""
     config = config.replace(**settings) if config else RunConfig(**settings)
     if tokenizer is None:
-        from transformers import AutoTokenizer
-
-        from .models import resolve_model
-
-        tokenizer = AutoTokenizer.from_pretrained(
-            resolve_model(config.model), trust_remote_code=config.trust_remote_code
-        )
+        tokenizer = load_tokenizer(config)
     train, evaluation = split_records(config)
     lengths, examples = [], []
     for row, record in enumerate(train):

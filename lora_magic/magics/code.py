@@ -75,6 +75,11 @@ def plain_code(store: RunStore, name: str) -> str:
         *_hardware(config, on_gpu),
         f"    max_length={config.max_length},",
         f"    completion_only_loss={not config.train_on_prompt},  # loss on the response only",
+        *(
+            ["    train_sampling_strategy='sequential',  # TRAIN_FILE is short to long"]
+            if config.order == "length"
+            else []
+        ),
         "    report_to='none',",
         ")",
         "trainer = SFTTrainer(",

@@ -119,7 +119,7 @@ def model(magics: LoraMagics, args: Any) -> Any:
     return session()
 
 
-@command("preview", "data")
+@command("preview")
 @argument(
     "data",
     nargs="?",
@@ -425,3 +425,6 @@ def merge(magics: LoraMagics, args: Any) -> Any:
     from ..generation import session
 
     return session().merge(str(args.run), args.out, runs_dir=magics.runs_root)
+
+
+from . import data  # noqa: E402,F401

@@ -12,6 +12,7 @@ from typing import Any
 
 import ipywidgets as w
 
+from ..datacheck import describe_cleaning
 from . import summary
 from .frontend import route_to_subshell
 from .loss_plot import LossPlot, Throttle
@@ -126,6 +127,8 @@ class Dashboard:
             parts.append(html.escape(config.quantization))
         if summary.trainable(run):
             parts.append(html.escape(summary.trainable(run)))
+        if cleaned := describe_cleaning(run.store.read(run.name).get("cleaning")):
+            parts.append(html.escape(cleaned))
         self.header.value = " · ".join(parts)
 
     def _render_stats(self) -> None:

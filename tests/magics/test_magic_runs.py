@@ -103,7 +103,7 @@ def test_model_loads_and_preview_renders(ip, tiny_model_dir, capsys):
     assert repr(ip.run_line_magic("lora", "model")) == "<Session: no model loaded>"
     loaded = ip.run_line_magic("lora", f"model {tiny_model_dir}")
     assert repr(loaded).startswith(f"<Session: {tiny_model_dir} (none, torch.float32, cpu)")
-    preview = ip.run_line_magic("lora", "data df -n 2 --train-on-prompt")
+    preview = ip.run_line_magic("lora", "preview df -n 2 --train-on-prompt")
     assert isinstance(preview, DataPreview) and len(preview.examples) == 2
     assert preview.examples[0].trained_tokens == preview.examples[0].tokens
     in_cell = ip.run_cell_magic("finetune", "--preview", "data: df\nmax_length: 16")
