@@ -8,7 +8,9 @@ form and `run.json` are all generated from these fields, so a setting is added i
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import string
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +18,7 @@ from .errors import ConfigError, did_you_mean
 
 SECTIONS = ("run", "model", "data", "lora", "train", "probes")
 TARGET_PRESETS = ("attention", "attention-all", "all-linear")
-RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # whole names only: use fullmatch
 
 
 def setting(default: Any, help: str, section: str, *, choices: tuple = (), type: type | None = None):
@@ -193,12 +195,13 @@ class RunConfig:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             choices = f.metadata["choices"]
-            if choices and value not in choices:
+            if choices and (not isinstance(value, str) or value not in choices):
                 raise ConfigError(
                     f"{f.name}={value!r} is not valid; choose one of: {', '.join(choices)}"
                     + did_you_mean(str(value), choices)
                 )
-        if self.name is not None and not RUN_NAME.match(self.name):
+            _check_type(f, value)
+        if self.name is not None and not RUN_NAME.fullmatch(self.name):
             raise ConfigError(
                 f"name={self.name!r} is not a valid run name; use letters, digits, '.', '_' and '-' "
                 "(starting with a letter or digit, at most 100 characters)"
@@ -220,7 +223,12 @@ class RunConfig:
         _require(
             self,
             "targets",
-            self.targets in TARGET_PRESETS or (isinstance(self.targets, list) and self.targets),
+            self.targets in TARGET_PRESETS
+            or (
+                isinstance(self.targets, list)
+                and self.targets
+                and all(isinstance(t, str) for t in self.targets)
+            ),
             f"one of {', '.join(TARGET_PRESETS)} or a list of layer names",
         )
         if self.template == "custom" and not (self.prompt_format and self.response_format):
@@ -228,6 +236,8 @@ class RunConfig:
                 "template='custom' needs prompt_format and response_format, e.g. "
                 "prompt_format='Q: {question}\\nA: ', response_format='{answer}'"
             )
+        for name in ("prompt_format", "response_format"):
+            _check_format(name, getattr(self, name))
         if isinstance(self.probes, str):
             self.probes = [self.probes]
         _require(self, "probes", all(isinstance(p, str) for p in self.probes), "a list of prompt strings")
@@ -236,12 +246,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
         """Build from flat settings, as written in YAML or flags; unknown names are refused."""
-        known = field_names()
-        for key in values:
-            if key not in known:
-                raise ConfigError(
-                    f"unknown setting {key!r}{did_you_mean(key, known)}; valid settings: {', '.join(known)}"
-                )
+        check_names(values)
         return cls(**{key: coerce(key, value) for key, value in values.items()})
 
     def to_dict(self) -> dict[str, Any]:
@@ -252,12 +257,67 @@ class RunConfig:
         return out
 
     def replace(self, **changes: Any) -> RunConfig:
+        """A copy with some settings changed; unknown names are refused with a suggestion."""
+        check_names(changes)
         return dataclasses.replace(self, **changes)
+
+
+def check_names(settings: dict[str, Any]) -> None:
+    known = field_names()
+    for key in settings:
+        if key not in known:
+            raise ConfigError(
+                f"unknown setting {key!r}{did_you_mean(key, known)}; valid settings: {', '.join(known)}"
+            )
 
 
 def _require(config: RunConfig, name: str, ok: bool, valid: str) -> None:
     if not ok:
         raise ConfigError(f"{name}={getattr(config, name)!r} is not valid; it must be {valid}")
+
+
+EXPECTED = {int: "a whole number", float: "a finite number", bool: "true or false", str: "text"}
+
+
+def _check_type(f: dataclasses.Field, value: Any) -> None:
+    """Refuse a value of the wrong kind (r=2.5, steps=None, r=[8]) before anything uses it."""
+    kind = f.metadata["type"]
+    if value is None:
+        ok = f.default is None
+    elif kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    elif kind is str:
+        ok = isinstance(value, str) or (f.name == "targets" and isinstance(value, list))
+    elif kind is list:
+        ok = isinstance(value, list | str)
+    else:
+        ok = True
+    if not ok:
+        expected = EXPECTED.get(kind, "a list of prompt strings")
+        given = " has no value" if value is None else f"={value!r} is not valid"
+        raise ConfigError(f"{f.name}{given}; it must be {expected}")
+
+
+def _check_format(name: str, template: str | None) -> None:
+    """A custom template must be a format string whose fields name record fields."""
+    if template is None:
+        return
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as error:
+        raise ConfigError(
+            f"{name}={template!r} is not a valid format string ({error}); write {{{{ and }}}} for a literal brace"
+        ) from None
+    for field_name in fields:
+        if not field_name or field_name.isdigit() or "." in field_name or "[" in field_name:
+            raise ConfigError(
+                f"{name}={template!r} has the field {{{field_name}}}; name a record field inside the "
+                "braces, e.g. {question} (write {{ and }} for a literal brace)"
+            )
 
 
 def field_names() -> list[str]:

@@ -9,24 +9,32 @@ Layout of `<root>/<run>/`:
   stop-request        present when another process (the Lab sidebar, `%lora stop`) asks it to stop
 
 Nothing here imports torch: the Jupyter Server extension and a fresh kernel read runs with it.
+Readers are tolerant: a run whose run.json cannot be read is listed as `unreadable` with the
+reason, and a bad line of events.jsonl is skipped, so one damaged run never hides the others.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
 from typing import Any
 
-from .config import RUN_NAME
+from .config import RUN_NAME, RunConfig
 from .errors import RunError, did_you_mean
+from .events import ACTIVE, INTERRUPTED, STATUSES, UNREADABLE
 
-ACTIVE = ("running", "paused")
-FINISHED = ("completed", "stopped", "failed", "interrupted")
 STOP_REQUEST = "stop-request"
 COMPLETE_MARK = "COMPLETE"
+
+
+class UnreadableRun(RunError):
+    """run.json exists but is not a readable run record (the message says why)."""
 
 
 def default_root() -> Path:
@@ -34,14 +42,41 @@ def default_root() -> Path:
     return Path(os.environ.get("LORA_MAGIC_RUNS") or "lora_runs")
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write through a temporary file and rename, so readers never see a half-written file."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file and rename, so readers never see a half-written file (and a
+    failed write, e.g. on a full disk, leaves the previous file and no temporary one)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as out:
-        json.dump(data, out, indent=2, default=str)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, default=str))
+
+
+def no_space(error: BaseException, where: Path) -> RunError | None:
+    """A one-line error for a full disk, or None for any other failure."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return RunError(
+            f"no space left in {where}: free some disk space or move the run store ($LORA_MAGIC_RUNS)"
+        )
+    return None
+
+
+def stored_config(record: dict[str, Any]) -> RunConfig:
+    """The settings a run was started with, as recorded in its run.json (data sources excluded:
+    the run's own data/ folder holds the records it used)."""
+    settings = record.get("config")
+    if not isinstance(settings, dict):
+        raise RunError(f"run {record.get('name')!r} has no settings in its run.json")
+    return RunConfig.from_dict({k: v for k, v in settings.items() if k not in ("data", "eval_data")})
 
 
 class RunStore:
@@ -56,7 +91,7 @@ class RunStore:
     # -- paths ---------------------------------------------------------------------------------
     def path(self, name: str) -> Path:
         """The folder of run `name`; refuses names that could point outside the store."""
-        if not isinstance(name, str) or "\x00" in name or not RUN_NAME.match(name):
+        if not isinstance(name, str) or not RUN_NAME.fullmatch(name):
             raise RunError(
                 f"{name!r} is not a valid run name; use letters, digits, '.', '_' and '-', starting "
                 "with a letter or digit"
@@ -83,38 +118,98 @@ class RunStore:
         """Run names, newest first."""
         if not self.root.is_dir():
             return []
-        found = [p for p in self.root.iterdir() if RUN_NAME.match(p.name) and self._listable(p.name)]
-        return [p.name for p in sorted(found, key=lambda p: (p / "run.json").stat().st_mtime, reverse=True)]
-
-    def _listable(self, name: str) -> bool:
-        try:
-            return self.exists(name)
-        except RunError:  # a symlink out of the store is not a run of this store
-            return False
+        found = {}
+        for folder in self.root.iterdir():
+            with contextlib.suppress(OSError, RunError):  # removed meanwhile, or a symlink out of the store
+                if RUN_NAME.fullmatch(folder.name) and self.exists(folder.name):
+                    found[folder.name] = (folder / "run.json").stat().st_mtime
+        return sorted(found, key=found.__getitem__, reverse=True)
 
     def read(self, name: str) -> dict[str, Any]:
-        """run.json of `name`. A run whose process is gone is reported as 'interrupted'."""
+        """run.json of `name`. A run whose process is gone is reported as 'interrupted'.
+
+        Raises UnreadableRun when the file is not a run record (not UTF-8, not JSON, no status).
+        """
         file = self.file(name, "run.json")
         if not file.is_file():
             raise RunError(f"no run named {name!r} in {self.root}{did_you_mean(name, self.names())}")
-        record = json.loads(file.read_text(encoding="utf-8"))
-        if record.get("status") in ACTIVE and not _process_alive(record.get("host"), record.get("pid")):
-            record["status"] = "interrupted"
-        return record
+        try:
+            record = json.loads(file.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError:
+            raise UnreadableRun(f"run {name!r} is unreadable: its run.json is not UTF-8 text") from None
+        except OSError as error:
+            raise UnreadableRun(f"run {name!r} is unreadable: {error.strerror or error}") from None
+        except json.JSONDecodeError as error:
+            raise UnreadableRun(
+                f"run {name!r} is unreadable: its run.json is not valid JSON ({error.msg} at line "
+                f"{error.lineno}, column {error.colno})"
+            ) from None
+        if not isinstance(record, dict):
+            raise UnreadableRun(
+                f"run {name!r} is unreadable: its run.json holds {_kind(record)}, not a run record"
+            )
+        if record.get("status") not in STATUSES:
+            raise UnreadableRun(f"run {name!r} is unreadable: its run.json has no valid status")
+        if record["status"] in ACTIVE and not _process_alive(record.get("host"), record.get("pid")):
+            record["status"] = INTERRUPTED
+        return {**record, "name": name}
+
+    def summary(self, name: str) -> dict[str, Any]:
+        """run.json of `name`, or for an unreadable one a record saying why (status 'unreadable')."""
+        try:
+            return self.read(name)
+        except UnreadableRun as error:
+            try:
+                updated = self.file(name, "run.json").stat().st_mtime
+            except OSError:
+                updated = None
+            return {"name": name, "status": UNREADABLE, "error": str(error), "updated": updated}
 
     def list(self) -> list[dict[str, Any]]:
-        return [self.read(name) for name in self.names()]
+        """Every run, newest first; unreadable ones included as such, removed ones left out."""
+        runs = []
+        for name in self.names():
+            with contextlib.suppress(RunError):  # removed while listing
+                runs.append(self.summary(name))
+        return runs
 
-    def events(self, name: str, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
-        """Events from byte `offset`, and the offset to ask for next time (only whole lines are read)."""
+    def events(
+        self, name: str, offset: int = 0, limit: int | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Up to `limit` events from byte `offset`, and the offset to ask for next time.
+
+        Only whole lines are read (the last one may still be being written). Lines that are not a
+        JSON event (a torn write, garbage, invalid UTF-8) are skipped. An offset must be 0 or one
+        this method returned: a RunError says why any other is refused.
+        """
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise RunError(f"offset {offset!r} is not valid: use 0 or an offset returned with events")
         file = self.file(name, "events.jsonl")
         if not file.is_file():
-            return [], offset
+            if offset:
+                raise RunError(f"offset {offset} is past the end of run {name!r}'s events (it has none)")
+            return [], 0
+        events: list[dict[str, Any]] = []
         with open(file, "rb") as stream:
-            stream.seek(offset)
-            chunk = stream.read()
-        complete = chunk[: chunk.rfind(b"\n") + 1]
-        return [json.loads(line) for line in complete.splitlines() if line.strip()], offset + len(complete)
+            size = os.fstat(stream.fileno()).st_size
+            if offset > size:
+                raise RunError(f"offset {offset} is past the end of run {name!r}'s events ({size} bytes)")
+            if offset:
+                stream.seek(offset - 1)
+                if stream.read(1) != b"\n":
+                    raise RunError(
+                        f"offset {offset} is not at the start of an event; use 0 or an offset returned with events"
+                    )
+            for line in stream:
+                if not line.endswith(b"\n"):
+                    break  # still being written
+                offset += len(line)
+                event = _event(line)
+                if event is not None:
+                    events.append(event)
+                    if limit is not None and len(events) >= limit:
+                        break
+        return events, offset
 
     def last_checkpoint(self, name: str) -> Path | None:
         """The newest checkpoint that was written completely, if any."""
@@ -123,8 +218,10 @@ class RunStore:
         return max(done, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
 
     # -- writing -------------------------------------------------------------------------------
-    def create(self, name: str, record: dict[str, Any]) -> Path:
-        """Make the folder of a new run; refuses a name that is taken."""
+    def create(self, name: str, record: dict[str, Any], data: dict[str, list[dict]] | None = None) -> Path:
+        """Make the folder of a new run with its run.json and its data records (`data/<split>.jsonl`
+        for each split given); refuses a name that is taken. It is complete or not there at all:
+        on a failure (a full disk says so in one line) nothing of it is left."""
         folder = self.path(name)
         self.root.mkdir(parents=True, exist_ok=True)
         try:
@@ -133,8 +230,23 @@ class RunStore:
             raise RunError(
                 f"a run named {name!r} already exists in {self.root}; choose another name"
             ) from None
-        self.write(name, record)
+        try:
+            (folder / "data").mkdir()
+            for split, records in (data or {}).items():
+                lines = "".join(json.dumps(r, default=str) + "\n" for r in records)
+                write_text_atomic(folder / "data" / f"{split}.jsonl", lines)
+            self.write(name, record)  # last: a run is listed once its run.json exists
+        except BaseException as error:
+            self.remove(name)
+            full = no_space(error, self.root)
+            if full:
+                raise full from error
+            raise
         return folder
+
+    def remove(self, name: str) -> None:
+        """Delete run `name`'s folder and everything in it."""
+        shutil.rmtree(self.path(name), ignore_errors=True)
 
     def write(self, name: str, record: dict[str, Any]) -> None:
         record = {**record, "updated": time.time(), "pid": os.getpid(), "host": socket.gethostname()}
@@ -147,8 +259,12 @@ class RunStore:
         return record
 
     def append_event(self, name: str, event: dict[str, Any]) -> None:
-        line = json.dumps(event, default=str) + "\n"
-        with open(self.path(name) / "events.jsonl", "a", encoding="utf-8") as out:
+        line = (json.dumps(event, default=str) + "\n").encode("utf-8")
+        with open(self.path(name) / "events.jsonl", "a+b") as out:
+            end = out.seek(0, os.SEEK_END)
+            if end:  # after a torn last line (a process killed mid-write), start on a fresh line
+                out.seek(end - 1)
+                line = line if out.read(1) == b"\n" else b"\n" + line
             out.write(line)
 
     def request_stop(self, name: str) -> None:
@@ -165,13 +281,27 @@ class RunStore:
         (self.path(name) / STOP_REQUEST).unlink(missing_ok=True)
 
 
-def _process_alive(host: str | None, pid: int | None) -> bool:
-    if not pid or host != socket.gethostname():
-        return True  # another machine's process: trust what it wrote
+def _event(line: bytes) -> dict[str, Any] | None:
+    """The event on one line of events.jsonl, or None for a line that holds none."""
+    try:
+        event = json.loads(line)
+    except ValueError:  # invalid JSON or UTF-8
+        return None
+    return event if isinstance(event, dict) and isinstance(event.get("type"), str) else None
+
+
+def _kind(value: Any) -> str:
+    kinds = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+    return "null" if value is None else kinds[type(value)]
+
+
+def _process_alive(host: Any, pid: Any) -> bool:
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0 or host != socket.gethostname():
+        return True  # another machine's process, or no usable pid: trust what it wrote
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except (PermissionError, OverflowError):
         return True
     return True

@@ -1,16 +1,24 @@
 """REST handlers under `<base_url>/lora-magic/`. All need an authenticated user; POST needs XSRF too.
 
-GET  runs                      summaries of every run, newest first
+GET  runs                      summaries of every run, newest first (an unreadable run says why)
 GET  runs/<name>               run.json: config, status, progress, metrics
-GET  runs/<name>/events?offset events from a byte offset, and the offset to ask for next
+GET  runs/<name>/events?offset=0&limit=1000
+                               a page of events from a byte offset, the offset of the next page,
+                               and whether more events were there already
 POST runs/<name>/stop          ask the run to stop at its next step
 GET  notebook-template         the notebook the launcher's "New LoRA fine-tuning notebook" opens
+
+Files are read in a worker thread, so a large events file never holds up the server. A bad
+request is a 4xx with a message, never a 500.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 from importlib.resources import files
+from typing import Any
 
 import tornado.web
 from jupyter_server.auth.decorator import authorized
@@ -36,6 +44,23 @@ SUMMARY_KEYS = (
     "adapter_path",
 )
 NAME = r"(?P<name>[^/]+)"
+PAGE = 1000  # events per page unless the client asks for fewer or more
+MAX_PAGE = 10_000
+
+
+def to_json(data: Any) -> str:
+    """JSON that browsers parse: NaN and infinite numbers (a diverged loss) become null."""
+    return json.dumps(_finite(data), default=str, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 class LoraHandler(APIHandler):
@@ -55,46 +80,53 @@ class LoraHandler(APIHandler):
             raise tornado.web.HTTPError(404, f"no run named {name!r}")
         return name
 
-    def read(self, name: str) -> dict:
+    def whole_number(self, argument: str, default: int, least: int) -> int:
+        text = self.get_query_argument(argument, str(default))
         try:
-            return self.store.read(self.checked_run(name))
-        except RunError as error:  # removed between the check and the read
-            raise tornado.web.HTTPError(404, str(error)) from None
+            value = int(text)
+        except ValueError:
+            value = least - 1
+        if value < least:
+            raise tornado.web.HTTPError(
+                400, f"{argument}={text!r}: it must be a whole number, {least} or more"
+            )
+        return value
 
 
 class RunsHandler(LoraHandler):
     @tornado.web.authenticated
     @authorized
-    def get(self):
-        runs = []
-        for name in self.store.names():
-            try:
-                record = self.store.read(name)
-            except (RunError, ValueError):  # removed or half-created while listing
-                continue
-            runs.append({key: record.get(key) for key in SUMMARY_KEYS} | {"name": name})
-        self.finish(json.dumps({"root": str(self.store.root), "runs": runs}, default=str))
+    async def get(self):
+        records = await asyncio.to_thread(self.store.list)
+        runs = [{key: record.get(key) for key in SUMMARY_KEYS} for record in records]
+        self.finish(to_json({"root": str(self.store.root), "runs": runs}))
 
 
 class RunHandler(LoraHandler):
     @tornado.web.authenticated
     @authorized
-    def get(self, name: str):
-        self.finish(json.dumps(self.read(name), default=str))
+    async def get(self, name: str):
+        name = self.checked_run(name)
+        try:
+            record = await asyncio.to_thread(self.store.summary, name)
+        except RunError as error:  # removed between the check and the read
+            raise tornado.web.HTTPError(404, str(error)) from None
+        self.finish(to_json(record))
 
 
 class EventsHandler(LoraHandler):
     @tornado.web.authenticated
     @authorized
-    def get(self, name: str):
+    async def get(self, name: str):
+        name = self.checked_run(name)
+        offset = self.whole_number("offset", 0, least=0)
+        limit = min(self.whole_number("limit", PAGE, least=1), MAX_PAGE)
         try:
-            offset = int(self.get_query_argument("offset", "0"))
-        except ValueError:
-            offset = -1
-        if offset < 0:
-            raise tornado.web.HTTPError(400, "offset must be a whole number of bytes, 0 or more")
-        events, next_offset = self.store.events(self.checked_run(name), offset)
-        self.finish(json.dumps({"events": events, "offset": next_offset}, default=str))
+            events, next_offset = await asyncio.to_thread(self.store.events, name, offset, limit)
+        except RunError as error:
+            raise tornado.web.HTTPError(400, str(error)) from None
+        page = {"events": events, "offset": next_offset, "more": len(events) == limit}
+        self.finish(await asyncio.to_thread(to_json, page))
 
 
 class StopHandler(LoraHandler):
@@ -107,7 +139,7 @@ class StopHandler(LoraHandler):
         except RunError as error:
             raise tornado.web.HTTPError(409, str(error)) from None
         self.set_status(202)
-        self.finish(json.dumps({"name": name, "stop_requested": True}))
+        self.finish(to_json({"name": name, "stop_requested": True}))
 
 
 class TemplateHandler(LoraHandler):

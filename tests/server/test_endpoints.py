@@ -99,7 +99,7 @@ async def test_events_are_read_from_a_byte_offset(jp_fetch, store, runs_dir):
     assert first["offset"] == (runs_dir / "live" / "events.jsonl").stat().st_size
 
     again = await get_json(jp_fetch, "runs", "live", "events", offset=str(first["offset"]))
-    assert again == {"events": [], "offset": first["offset"]}
+    assert again == {"events": [], "offset": first["offset"], "more": False}
 
     store.append_event("live", {**log, "step": 2, "loss": 2.0})
     with open(runs_dir / "live" / "events.jsonl", "a") as out:
@@ -113,7 +113,8 @@ async def test_events_are_read_from_a_byte_offset(jp_fetch, store, runs_dir):
 
 async def test_events_of_a_run_without_events_file(jp_fetch, store):
     make_run(store, "fresh")
-    assert await get_json(jp_fetch, "runs", "fresh", "events", offset="0") == {"events": [], "offset": 0}
+    reply = await get_json(jp_fetch, "runs", "fresh", "events", offset="0")
+    assert reply == {"events": [], "offset": 0, "more": False}
 
 
 @pytest.mark.parametrize("offset", ["-1", "abc", "1.5", ""])
