@@ -32,6 +32,7 @@ _LAZY = {
     "inspect_data": "datacheck",
     "session": "generation",
     "compare": "generation",
+    "Conversation": "generation",
     "free": "generation",
     "load_base": "models",
     "resolve_model": "models",

@@ -20,7 +20,8 @@ from .errors import DataError
 
 ALPACA_PREAMBLE = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 ALPACA_END = "### End"
-DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+FILE_KINDS = {".jsonl": "JSON Lines", ".json": "JSON", ".csv": "CSV", ".parquet": "Parquet"}
+DATA_SUFFIXES = tuple(FILE_KINDS)
 BUNDLED = Path(__file__).parent / "datasets"
 
 
@@ -62,6 +63,25 @@ def bundled_dataset(name: str = "products") -> Path:
 def _read_file(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise DataError(f"no data file at {path}")
+    kind = FILE_KINDS.get(path.suffix)
+    if kind is None:
+        raise DataError(f"{path.name}: unsupported file type; use one of {', '.join(DATA_SUFFIXES)}")
+    try:
+        return _parse_file(path)
+    except DataError:
+        raise
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not a valid {kind} file: it is not UTF-8 text") from None
+    except json.JSONDecodeError as error:
+        raise DataError(
+            f"{path} is not a valid {kind} file: {error.msg} at line {error.lineno}, column {error.colno}"
+        ) from None
+    except (ValueError, OSError) as error:  # what pandas and pyarrow raise on a malformed file
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"{path} is not a valid {kind} file: {reason}") from None
+
+
+def _parse_file(path: Path) -> list[dict[str, Any]]:
     if path.suffix == ".jsonl":
         lines = path.read_text(encoding="utf-8").splitlines()
         records = []
@@ -77,12 +97,10 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
         if not isinstance(loaded, list):
             raise DataError(f"{path} must hold a JSON list of records, not a {type(loaded).__name__}")
         return loaded
-    if path.suffix in (".csv", ".parquet"):
-        import pandas as pd
+    import pandas as pd  # .csv or .parquet
 
-        frame = pd.read_csv(path, keep_default_na=False) if path.suffix == ".csv" else pd.read_parquet(path)
-        return frame.to_dict("records")
-    raise DataError(f"{path.name}: unsupported file type; use one of {', '.join(DATA_SUFFIXES)}")
+    frame = pd.read_csv(path, keep_default_na=False) if path.suffix == ".csv" else pd.read_parquet(path)
+    return frame.to_dict("records")
 
 
 def split_records(config: RunConfig, train: list[dict] | None = None) -> tuple[list[dict], list[dict]]:
@@ -342,10 +360,13 @@ def load_tokenizer(config: RunConfig) -> Any:
     """The tokenizer of the configured model, without loading the model."""
     from transformers import AutoTokenizer
 
-    from .models import resolve_model
+    from .models import hub_offline, resolve_model
 
+    resolved = resolve_model(config.model)
     return AutoTokenizer.from_pretrained(
-        resolve_model(config.model), trust_remote_code=config.trust_remote_code
+        resolved,
+        trust_remote_code=config.trust_remote_code,
+        local_files_only=hub_offline(resolved, config.model),
     )
 
 
@@ -353,7 +374,7 @@ def preview(
     config: RunConfig | None = None, n: int = 3, tokenizer: Any = None, **settings: Any
 ) -> DataPreview:
     """Render the first `n` training examples exactly as they will be trained, with statistics."""
-    config = config.replace(**settings) if config else RunConfig(**settings)
+    config = (config or RunConfig()).replace(**settings)
     if tokenizer is None:
         tokenizer = load_tokenizer(config)
     train, evaluation = split_records(config)

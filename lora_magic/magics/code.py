@@ -11,14 +11,12 @@ from typing import Any
 
 from ..config import RunConfig
 from ..data import ALPACA_END, ALPACA_PREAMBLE
-from ..runs import RunStore
+from ..runs import RunStore, stored_config
 
 
 def plain_code(store: RunStore, name: str) -> str:
     record = store.read(name)
-    config = RunConfig.from_dict(
-        {k: v for k, v in record["config"].items() if k not in ("data", "eval_data")}
-    )
+    config = stored_config(record)
     folder = store.path(name)
     on_gpu = record.get("device") == "cuda"
     has_eval = (folder / "data" / "eval.jsonl").is_file() and (folder / "data" / "eval.jsonl").stat().st_size
