@@ -34,6 +34,7 @@ _LAZY = {
     "compare": "generation",
     "Conversation": "generation",
     "free": "generation",
+    "export": "exporting",
     "load_base": "models",
     "resolve_model": "models",
 }

@@ -420,30 +420,13 @@ class Session:
     def merge(self, source: str, out: str | Path, runs_dir: str | Path | None = None) -> Merged:
         """Merge an adapter into a fresh full-precision copy of its base and save it (safetensors +
         tokenizer). The session's own base stays as it is, so hot-swapping keeps working."""
-        from peft import PeftModel
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         out = Path(out).expanduser()
         if out.exists() and any(out.iterdir()):
             raise RunError(f"{out} already exists and is not empty; choose a new folder")
-        store = RunStore(runs_dir)
-        if source in self.adapters and self.adapters[source].path:
-            folder = self.adapters[source].path
-        elif store.exists(source):
-            folder = store.path(source) / "adapter"
-        elif Path(source).is_dir():
-            folder = Path(source)
-        else:
-            raise RunError(
-                f"no saved adapter named {source!r}{did_you_mean(source, [*self.adapters, *store.names()])}"
-            )
-        if not (folder / "adapter_config.json").is_file():
-            raise RunError(f"{folder} holds no saved adapter")
-        named = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
-        base_path = models.resolve_model(models.local_name(named))  # a built-in's Hub id: its checkpoint
-        dtype = torch.float32 if models.device() == "cpu" else torch.bfloat16
-        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
-        merged = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
+        folder = self.adapter_folder(source, runs_dir)
+        merged, base_path, dtype = merged_model(folder)
         staging = out.with_name(f".{out.name}.tmp")
         shutil.rmtree(staging, ignore_errors=True)
         merged.save_pretrained(staging)
@@ -460,6 +443,41 @@ class Session:
         os.rename(staging, out)
         quantized = bool(self.key and self.key[1] != "none")
         return Merged(out, base_path, str(dtype).removeprefix("torch."), quantized)
+
+    def adapter_folder(self, source: str, runs_dir: str | Path | None = None) -> Path:
+        """The saved adapter that `source` names: a loaded adapter, a run of the store or a folder."""
+        store = RunStore(runs_dir)
+        if source in self.adapters and self.adapters[source].path:
+            folder = self.adapters[source].path
+        elif Path(source).is_dir():
+            folder = Path(source)
+        elif store.exists(source):
+            folder = store.path(source) / "adapter"
+        else:
+            raise RunError(
+                f"no saved adapter named {source!r}{did_you_mean(source, [*self.adapters, *store.names()])}"
+            )
+        if not (folder / "adapter_config.json").is_file():
+            raise RunError(f"{folder} holds no saved adapter")
+        return folder
+
+
+def adapter_base(folder: Path) -> str:
+    """The base model (folder or Hub id) that the adapter saved in `folder` was trained on, as it
+    loads here: a built-in model named by its Hub id is the built-in model's local checkpoint."""
+    named = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+    return models.resolve_model(models.local_name(named))
+
+
+def merged_model(folder: Path) -> tuple[Any, str, torch.dtype]:
+    """(model, base, dtype): the adapter in `folder` merged into a fresh full-precision copy of its base."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base_path = adapter_base(folder)
+    dtype = torch.float32 if models.device() == "cpu" else torch.bfloat16
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
+    return PeftModel.from_pretrained(base, str(folder)).merge_and_unload(), base_path, dtype
 
 
 def chat_text(messages: list[dict[str, str]], tokenizer: Any) -> str:

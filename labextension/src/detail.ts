@@ -1,7 +1,7 @@
 import { Widget } from '@lumino/widgets';
 
 import { lossChartSvg } from './chart';
-import { eta, formatDuration, formatLoss, latestProbes, progress, RunsModel } from './model';
+import { eta, formatDuration, formatLoss, formatValue, latestProbes, progress, RunsModel } from './model';
 
 function section(parent: HTMLElement, title: string): HTMLElement {
   const node = document.createElement('section');
@@ -26,16 +26,6 @@ function table(rows: [string, string][], className: string): HTMLTableElement {
     row.insertCell().textContent = value;
   }
   return node;
-}
-
-function show(value: unknown): string {
-  if (value === null || value === undefined) {
-    return '–';
-  }
-  if (typeof value === 'number' && !Number.isInteger(value)) {
-    return String(Number(value.toPrecision(4)));
-  }
-  return typeof value === 'object' ? JSON.stringify(value) : String(value);
 }
 
 /** One run in the main area: progress, the full loss chart, probe samples and the config. */
@@ -130,15 +120,15 @@ export class RunDetail extends Widget {
 
   private _renderRecord(record: Record<string, any>): void {
     const config = Object.entries(record.config ?? {}).map(
-      ([key, value]) => [key, show(value)] as [string, string]
+      ([key, value]) => [key, formatValue(value)] as [string, string]
     );
     const metrics = Object.entries(record.metrics ?? {}).map(
-      ([key, value]) => [key, show(value)] as [string, string]
+      ([key, value]) => [key, formatValue(value)] as [string, string]
     );
     const facts: [string, string][] = [
-      ['model', show(record.model)],
-      ['adapter', show(record.adapter_path)],
-      ['trainable parameters', show(record.trainable_params)],
+      ['model', formatValue(record.model)],
+      ['adapter', formatValue(record.adapter_path)],
+      ['trainable parameters', formatValue(record.trainable_params)],
       ...metrics
     ];
     this._config.replaceChildren(table(facts, 'lm-RunDetail-facts'), table(config, 'lm-RunDetail-config'));

@@ -1,11 +1,16 @@
 /**
  * The runs as the sidebar sees them: summaries from `GET runs`, folded with each run's events
- * (read incrementally by byte offset from `GET runs/<name>/events`). No JupyterLab imports here,
- * so the data handling is unit-tested without a browser.
+ * (read incrementally by byte offset from `GET runs/<name>/events`, a page at a time). No
+ * JupyterLab imports here, so the data handling is unit-tested without a browser.
  */
 import { ISignal, Signal } from '@lumino/signaling';
 
-export const ACTIVE_STATUSES = ['running', 'paused'];
+import { ACTIVE_STATUSES } from './vocabulary';
+
+export { ACTIVE_STATUSES };
+
+/** Pages of events read per run and refresh; a long history is caught up over a few refreshes. */
+export const PAGES_PER_REFRESH = 20;
 
 export interface IRunSummary {
   name: string;
@@ -73,10 +78,27 @@ export function emptyView(summary: IRunSummary): IRunView {
   return { summary, offset: 0, loss: [], evalLoss: [], probes: [], lastLog: null, stopping: false };
 }
 
-/** Adds newly read events to a run's series. */
+/**
+ * Whether an event was logged before a resume from the checkpoint of step `step` and is trained,
+ * evaluated or probed again after it (lora_magic.events.current does the same in Python).
+ */
+function superseded(event: { step?: number }, kind: string, step: number): boolean {
+  const at = event.step ?? 0;
+  return at > step || (at === step && kind !== 'log');
+}
+
+/** Adds newly read events to a run's series; a resumed run keeps one history. */
 export function foldEvents(view: IRunView, events: IRunEvent[]): void {
   for (const event of events) {
-    if (event.type === 'log') {
+    const resumedFrom = event.type === 'status' ? event.resumed_from : undefined;
+    if (typeof resumedFrom === 'number') {
+      view.loss = view.loss.filter(([step]) => !superseded({ step }, 'log', resumedFrom));
+      view.evalLoss = view.evalLoss.filter(([step]) => !superseded({ step }, 'eval', resumedFrom));
+      view.probes = view.probes.filter(probe => !superseded(probe, 'probe', resumedFrom));
+      if (view.lastLog && view.lastLog.step > resumedFrom) {
+        view.lastLog = null;
+      }
+    } else if (event.type === 'log') {
       const log = event as ILogEvent;
       if (typeof log.loss === 'number' && Number.isFinite(log.loss)) {
         view.loss.push([log.step, log.loss]);
@@ -130,6 +152,17 @@ export function formatDuration(seconds: number): string {
     return `${m}m ${pad(s % 60)}s`;
   }
   return `${s}s`;
+}
+
+/** A value of a run's record as text: whole numbers with thousands separators (2,442,240). */
+export function formatValue(value: unknown): string {
+  if (value === null || value === undefined) {
+    return '–';
+  }
+  if (typeof value === 'number') {
+    return Number.isInteger(value) ? value.toLocaleString('en-US') : String(Number(value.toPrecision(4)));
+  }
+  return typeof value === 'object' ? JSON.stringify(value) : String(value);
 }
 
 export function formatLoss(value: number | undefined | null): string {
@@ -204,7 +237,10 @@ export class RunsModel {
         }
         const view = known ?? emptyView(summary);
         const stale =
-          !known || isActive(summary.status) || known.summary.updated !== summary.updated;
+          !known ||
+          isActive(summary.status) ||
+          known.summary.updated !== summary.updated ||
+          this._behind.has(summary.name);
         view.summary = summary;
         if (!isActive(summary.status)) {
           view.stopping = false;
@@ -271,9 +307,16 @@ export class RunsModel {
 
   private async _readEvents(view: IRunView): Promise<void> {
     const name = view.summary.name;
-    const reply = await this._transport(`${runPath(name, 'events')}?offset=${view.offset}`);
-    foldEvents(view, reply.events);
-    view.offset = reply.offset;
+    this._behind.delete(name);
+    for (let page = 0; page < PAGES_PER_REFRESH; page++) {
+      const reply = await this._transport(`${runPath(name, 'events')}?offset=${view.offset}`);
+      foldEvents(view, reply.events);
+      view.offset = reply.offset;
+      if (!reply.more) {
+        return;
+      }
+    }
+    this._behind.add(name); // more pages wait: read on at the next refresh
   }
 
   private _transport: Transport;
@@ -281,6 +324,7 @@ export class RunsModel {
   private _names: string[] = [];
   private _root = '';
   private _error: string | null = null;
+  private _behind = new Set<string>();
   private _disposed = false;
   private _timer: ReturnType<typeof setTimeout> | undefined;
   private _changed = new Signal<RunsModel, void>(this);

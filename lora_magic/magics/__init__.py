@@ -53,6 +53,7 @@ class LoraMagics(Magics):
     def __init__(self, shell=None, **kwargs: Any):
         super().__init__(shell, **kwargs)
         self.last_config: RunConfig | None = None  # of the last %%finetune, for %lora preview and ui
+        self.conversation: Any = None  # the %lora chat conversation, once one started
 
     # -- %%finetune ------------------------------------------------------------------------------
     @no_var_expand

@@ -428,3 +428,4 @@ def merge(magics: LoraMagics, args: Any) -> Any:
 
 
 from . import data  # noqa: E402,F401
+from . import export  # noqa: E402,F401

@@ -2,11 +2,13 @@
 
 watch(run)                     the dashboard of a run (text where no widget frontend exists)
 ComparePanel(prompt).generate() base and adapters side by side, streaming
+ChatPanel(conversation)        a conversation with the base or an adapter, switchable between turns
 ConfigForm(namespace)          every RunConfig setting as a form; .to_cell() gives a %%finetune cell
 """
 
 from __future__ import annotations
 
+from .chat import ChatPanel
 from .compare import ComparePanel
 from .dashboard import Dashboard
 from .form import ConfigForm
@@ -16,6 +18,7 @@ from .text_progress import TextProgress
 from .watch import watch
 
 __all__ = [
+    "ChatPanel",
     "ComparePanel",
     "ConfigForm",
     "Dashboard",

@@ -10,6 +10,9 @@ import ipywidgets as w
 
 from ..errors import LoraMagicError
 from ..generation import BASE, Comparison, session
+from .summary import answer_html
+
+WRAP = {"flex_flow": "row wrap"}  # rows of controls wrap rather than overflow a narrow output
 
 
 class Column:
@@ -30,11 +33,11 @@ class Column:
             self.started = time.perf_counter()
             self.speed.value = "<small>generating…</small>"
         self.text += piece
-        self.body.value = f"<div style='white-space:pre-wrap'>{html.escape(self.text)}</div>"
+        self.body.value = answer_html(self.text) if self.text.strip() else ""
 
     def done(self, text: str, tokens: int, seconds: float) -> None:
         self.text = text
-        self.body.value = f"<div style='white-space:pre-wrap'>{html.escape(text)}</div>"
+        self.body.value = answer_html(text)
         rate = tokens / seconds if seconds else 0.0
         self.speed.value = f"<small>{tokens} tokens, {rate:.1f} tokens/s</small>"
 
@@ -50,7 +53,7 @@ class ComparePanel:
     ):
         names = [BASE, *session().adapters]
         chosen = adapters or names
-        self.prompt = w.Textarea(value=prompt, placeholder="A prompt", layout=w.Layout(width="100%"))
+        self.prompt = w.Textarea(value=prompt, placeholder="A prompt", layout=w.Layout(width="auto"))
         self.max_new_tokens = w.BoundedIntText(
             value=max_new_tokens,
             min=1,
@@ -85,7 +88,7 @@ class ComparePanel:
         self.generate_button = w.Button(description="Generate", icon="play", button_style="primary")
         self.generate_button.on_click(lambda _: self.generate())
         self.message = w.HTML()
-        self.columns = w.HBox(layout=w.Layout(width="100%"))
+        self.columns = w.HBox()  # stretched by the panel; a width of 100% plus margins overflowed it
         self.history = w.Dropdown(options=[], value=None, description="history")
         self.history.observe(self._recall, "value")
         self.sampling.observe(lambda _: self._show_sampling(), "value")
@@ -93,8 +96,11 @@ class ComparePanel:
         self.widget = w.VBox(
             [
                 self.prompt,
-                w.HBox([self.max_new_tokens, self.sampling, self.temperature, self.top_p]),
-                w.HBox(list(self.choices.values())),
+                w.HBox(
+                    [self.max_new_tokens, self.sampling, self.temperature, self.top_p],
+                    layout=w.Layout(**WRAP),
+                ),
+                w.HBox(list(self.choices.values()), layout=w.Layout(**WRAP)),
                 w.HBox([self.generate_button, self.message]),
                 self.columns,
                 self.history,
@@ -103,8 +109,9 @@ class ComparePanel:
         self.widget.add_class("lora-magic-compare")
 
     def _show_sampling(self) -> None:
-        sampled = self.sampling.value == "sample"
-        self.temperature.disabled = self.top_p.disabled = not sampled
+        """Temperature and top-p only mean something when sampling: greedy hides them."""
+        shown = None if self.sampling.value == "sample" else "none"
+        self.temperature.layout.display = self.top_p.layout.display = shown
 
     def chosen(self) -> list[str]:
         return [name for name, box in self.choices.items() if box.value]
@@ -130,6 +137,7 @@ class ComparePanel:
             )
         except LoraMagicError as error:  # shown in the panel: a click handler has nowhere else to say it
             self.message.value = f"<span style='color:#b00020'>{html.escape(str(error))}</span>"
+            self.columns.children = ()  # no column waits for an answer that will not come
             return None
         finally:
             self.generate_button.disabled = False

@@ -8,16 +8,18 @@ its Throttle allows; `refresh()` draws a pending update when it is due.
 from __future__ import annotations
 
 import html
+import threading
 from typing import Any
 
 import ipywidgets as w
 
 from ..datacheck import describe_cleaning
+from ..events import FINISHED
 from . import summary
 from .frontend import route_to_subshell
 from .loss_plot import LossPlot, Throttle
 
-BAR_STYLES = {"completed": "success", "stopped": "warning", "failed": "danger"}
+BAR_STYLES = {"completed": "success", "stopped": "warning", "failed": "danger", "interrupted": "warning"}
 
 
 class Dashboard:
@@ -26,6 +28,8 @@ class Dashboard:
         self.plot = LossPlot()
         self.throttle = Throttle(budget)
         self.pending = False  # the plot has data that isn't drawn yet
+        self._drawing = threading.RLock()
+        self._timer: threading.Timer | None = None  # draws a pending update when it falls due
         self.probe_answers: dict[str, dict] = {}
         self.state, self.line, self.eval_line = run.status, "", ""
         self.last_log: dict | None = None
@@ -105,12 +109,25 @@ class Dashboard:
         elif kind == "status":
             self._render_status(event["status"])
         self._render_stats()
-        self.refresh(force=kind == "status" and event["status"] in summary.FINISHED)
+        self.refresh(force=kind == "status" and event["status"] in FINISHED)
 
     def refresh(self, force: bool = False) -> None:
-        """Redraw the plot if it changed and the throttle (or `force`) allows."""
-        if self.pending and (force or self.throttle.due()):
-            self.throttle.run(self._draw)
+        """Redraw the plot if it changed and the throttle (or `force`) allows; else draw it as soon
+        as it is due, even if no other event comes (slow steps), so it never lags far behind."""
+        with self._drawing:
+            if not self.pending:
+                return
+            if force or self.throttle.due():
+                self.throttle.run(self._draw)
+            elif self._timer is None:
+                self._timer = threading.Timer(self.throttle.wait(), self._when_due)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _when_due(self) -> None:
+        with self._drawing:
+            self._timer = None
+        self.refresh()
 
     def finish(self) -> None:
         self.refresh(force=True)
@@ -136,7 +153,7 @@ class Dashboard:
 
     def _render_status(self, status: str) -> None:
         self.state = status
-        finished = status in summary.FINISHED
+        finished = status in FINISHED
         self.stop_button.disabled = self.pause_button.disabled = finished
         if status == "paused":
             self.pause_button.description, self.pause_button.icon = "Resume", "play"
@@ -155,8 +172,8 @@ class Dashboard:
     def _render_probes(self) -> None:
         rows = "".join(
             f"<tr><td style='vertical-align:top'>{html.escape(p['prompt'])}<br><small>step {p['step']}</small></td>"
-            f"<td style='white-space:pre-wrap;vertical-align:top'>{html.escape(p['base'])}</td>"
-            f"<td style='white-space:pre-wrap;vertical-align:top'>{html.escape(p['adapter'])}</td></tr>"
+            f"<td style='vertical-align:top'>{summary.answer_html(p['base'])}</td>"
+            f"<td style='vertical-align:top'>{summary.answer_html(p['adapter'])}</td></tr>"
             for p in self.probe_answers.values()
         )
         self.probes.value = (

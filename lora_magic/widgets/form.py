@@ -56,6 +56,14 @@ def default(field: dataclasses.Field) -> Any:
     return field.default_factory() if field.default is dataclasses.MISSING else field.default
 
 
+def is_default(value: Any, field: dataclasses.Field) -> bool:
+    """Whether a setting has its default. Data (a DataFrame, a Dataset) is compared by identity:
+    `==` on a DataFrame compares its cells."""
+    if field.metadata["type"] is object:
+        return value is default(field)
+    return value == default(field)
+
+
 class ConfigForm:
     def __init__(self, namespace: dict, config: RunConfig | None = None):
         self.namespace = namespace
@@ -69,7 +77,9 @@ class ConfigForm:
         self.tabs = w.Tab(children=tabs, titles=list(sections))
         self.example = w.HTML()
         self.train_button = w.Button(description="Train", icon="play", button_style="primary")
-        self.copy_button = w.Button(description="Copy as %%finetune cell", icon="copy")
+        self.copy_button = w.Button(
+            description="Copy as %%finetune cell", icon="copy", layout=w.Layout(width="auto")
+        )
         self.cell = w.Textarea(layout=w.Layout(width="100%", height="10em", display="none"))
         self.output = w.Output()
         self.run = None
@@ -169,7 +179,7 @@ class ConfigForm:
         config, settings = self.config(), self.settings()
         lines = ["%%finetune"]
         for field in dataclasses.fields(RunConfig):
-            if getattr(config, field.name) == default(field):
+            if is_default(getattr(config, field.name), field):
                 continue
             value = settings[field.name] if field.name in SOURCES else getattr(config, field.name)
             lines.append(yaml.dump({field.name: value}, Dumper=CellDumper, width=10**6).rstrip())
@@ -217,11 +227,7 @@ def tokenizer_for(config: RunConfig) -> Any:
     if shared.tokenizer is not None and shared.key and shared.key[0] == config.model:
         return shared.tokenizer
     if config.model not in _tokenizers:
-        from transformers import AutoTokenizer
+        from ..data import load_tokenizer
 
-        from ..models import resolve_model
-
-        _tokenizers[config.model] = AutoTokenizer.from_pretrained(
-            resolve_model(config.model), trust_remote_code=config.trust_remote_code
-        )
+        _tokenizers[config.model] = load_tokenizer(config)
     return _tokenizers[config.model]

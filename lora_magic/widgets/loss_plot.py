@@ -15,28 +15,39 @@ from matplotlib.figure import Figure
 
 
 class Throttle:
-    """Allows an action only as often as keeps its share of wall time under `budget`.
+    """Allows an action only as often as keeps its share of wall time under `budget`, but at least
+    every `max_interval` seconds, so what it draws is never far behind.
 
-    After an action that took `cost` seconds the next is due `cost / budget` seconds later (and
-    never sooner than `min_interval`), so a 40 ms draw with a 2 % budget happens at most every 2 s.
+    After an action that took `cost` seconds the next is due `cost / budget` seconds later (never
+    sooner than `min_interval`, never later than `max_interval`), so a 20 ms draw with a 2 % budget
+    happens at most every second, and a slow one on a busy machine still every 2 s.
     """
 
     def __init__(
-        self, budget: float = 0.02, min_interval: float = 0.5, clock: Callable[[], float] = time.perf_counter
+        self,
+        budget: float = 0.02,
+        min_interval: float = 0.5,
+        max_interval: float = 2.0,
+        clock: Callable[[], float] = time.perf_counter,
     ):
-        self.budget, self.min_interval, self.clock = budget, min_interval, clock
+        self.budget, self.clock = budget, clock
+        self.min_interval, self.max_interval = min_interval, max_interval
         self.next_time = float("-inf")
         self.spent = 0.0
 
     def due(self) -> bool:
         return self.clock() >= self.next_time
 
+    def wait(self) -> float:
+        """Seconds until the action is due (0 when it is)."""
+        return max(0.0, self.next_time - self.clock())
+
     def run(self, action: Callable[[], object]) -> None:
         start = self.clock()
         action()
         end = self.clock()
         self.spent += end - start
-        self.next_time = end + max(self.min_interval, (end - start) / self.budget)
+        self.next_time = end + min(self.max_interval, max(self.min_interval, (end - start) / self.budget))
 
 
 class LossPlot:

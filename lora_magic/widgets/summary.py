@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
-FINISHED = ("completed", "stopped", "failed")
+EMPTY_ANSWER = "(empty answer)"
 
 
 def duration(seconds: float | None) -> str:
@@ -34,6 +35,14 @@ def progress(event: dict, finished: bool = False) -> str:
         f"elapsed {duration(event.get('elapsed'))} · {eta}"
         f"{event.get('tokens_per_second') or 0:,.0f} tokens/s"
     )
+
+
+def answer_html(text: str) -> str:
+    """A generated answer as HTML: as written, at most about 12 lines tall (longer ones scroll), and
+    "(empty answer)" when it is only whitespace, as on the JupyterLab run page."""
+    if not text.strip():
+        return f"<i style='color:#888'>{EMPTY_ANSWER}</i>"
+    return f"<div style='white-space:pre-wrap;max-height:12em;overflow-y:auto'>{html.escape(text)}</div>"
 
 
 def final(run: Any) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from lora_magic.widgets import LossPlot, Throttle
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -20,12 +22,12 @@ def test_throttle_waits_in_proportion_to_the_measured_cost():
     throttle = Throttle(budget=0.02, min_interval=0.5, clock=clock)
     assert throttle.due()
 
-    def draw():  # takes 50 ms of the fake clock
-        clock.now += 0.05
+    def draw():  # takes 30 ms of the fake clock
+        clock.now += 0.03
 
     throttle.run(draw)
-    assert throttle.spent == 0.05
-    clock.now += 2.4  # 2.5 s after the end of a 50 ms draw is 2 %
+    assert throttle.spent == 0.03
+    clock.now += 1.4  # 1.5 s after the end of a 30 ms draw is 2 %
     assert not throttle.due()
     clock.now += 0.1
     assert throttle.due()
@@ -61,3 +63,16 @@ def test_smoothing_is_debiased_and_lags_behind_the_raw_loss():
     smoothed = plot.smoothed()
     assert smoothed[0] == 4.0  # no pull towards zero at the start
     assert 2.0 < smoothed[2] < smoothed[1] < 4.0
+
+
+def test_throttle_never_waits_longer_than_its_maximum_interval():
+    clock = Clock()
+    throttle = Throttle(budget=0.02, min_interval=0.5, max_interval=2.0, clock=clock)
+
+    def slow_draw():  # 300 ms on a busy machine: 2 % would mean waiting 15 s
+        clock.now += 0.3
+
+    throttle.run(slow_draw)
+    assert throttle.wait() == pytest.approx(2.0)
+    clock.now += 2.0
+    assert throttle.due() and throttle.wait() == 0.0
