@@ -6,6 +6,7 @@ the base's answer comes from the same weights with adapters disabled, never from
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import html
 import json
@@ -14,7 +15,7 @@ import shutil
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from .errors import ModelError, RunError, did_you_mean
 from .runs import RunStore, stored_config
 
 BASE = "base"
+ANSWERING = "a prompt is being answered"  # the lease's reason while generation uses the model
 
 
 @dataclass
@@ -184,6 +186,14 @@ class Session:
         with self._lease:
             if self.holder == holder:
                 self.holder = None
+
+    @contextlib.contextmanager
+    def leased(self, holder: str) -> Iterator[None]:
+        self.take(holder)
+        try:
+            yield
+        finally:
+            self.release(holder)
 
     def refuse_while_leased(self, action: str) -> None:
         if self.holder is not None:
@@ -346,9 +356,10 @@ class Session:
         self.refuse_while_leased("generate")
         text = prompt if raw else self._templated(prompt, names)
         result = Comparison(prompt)
-        for name in names:
-            stream = (lambda piece, name=name: on_text(name, piece)) if on_text else None
-            result.answers.append(self._answer(name, text, max_new_tokens, temperature, top_p, stream))
+        with self.leased(ANSWERING):  # nothing loads, frees or trains meanwhile (a button, a subshell)
+            for name in names:
+                stream = (lambda piece, name=name: on_text(name, piece)) if on_text else None
+                result.answers.append(self._answer(name, text, max_new_tokens, temperature, top_p, stream))
         return result
 
     def chat(
@@ -367,9 +378,10 @@ class Session:
         name = adapter or self.active
         self._check_names([name])
         self.refuse_while_leased("generate")
-        return self._answer(
-            name, chat_text(messages, self.tokenizer), max_new_tokens, temperature, top_p, on_text
-        )
+        with self.leased(ANSWERING):
+            return self._answer(
+                name, chat_text(messages, self.tokenizer), max_new_tokens, temperature, top_p, on_text
+            )
 
     def _answer(
         self,

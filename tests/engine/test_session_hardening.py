@@ -62,6 +62,22 @@ def test_the_lease_refuses_generation_with_its_reason(trained):
     assert Conversation().say("hello", max_new_tokens=2).name == "first"
 
 
+def test_generation_holds_the_lease_while_it_answers(trained):
+    refused = []
+
+    def meanwhile(name, piece):  # e.g. a button handled in another thread while the answer streams
+        try:
+            session().use(BASE)
+        except lm.RunError as error:
+            refused.append(str(error))
+
+    session().compare("Describe product 1.", max_new_tokens=4, on_text=meanwhile)
+    assert refused and refused[0] == (
+        "cannot switch adapters while a prompt is being answered; wait for it or stop it first"
+    )
+    assert session().holder is None  # given back
+
+
 def test_a_saved_adapter_names_its_base_portably_and_carries_a_model_card(trained, tiny_model_dir, runs_dir):
     adapter = trained.adapter_path
     settings = json.loads((adapter / "adapter_config.json").read_text())
