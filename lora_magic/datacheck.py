@@ -388,7 +388,7 @@ def inspect_data(config: RunConfig | None = None, tokenizer: Any = None, **setti
     """Report on the rows of `data` as a run with these settings would see them: token lengths
     against max_length, padding, the share of tokens with loss, duplicates, empty or short
     responses, responses that repeat the instruction and fields holding the template's markers."""
-    config = config.replace(**settings) if config else RunConfig(**settings)
+    config = (config or RunConfig()).replace(**settings)
     if tokenizer is None:
         tokenizer = load_tokenizer(config)
     return report(Rows(load_records(config.data), config, tokenizer))

@@ -65,3 +65,9 @@ def test_offline_mode_is_honoured_without_waiting(records, monkeypatch):
     with pytest.raises(lm.ModelError, match=r"cannot be reached \(offline mode is on \(HF_HUB_OFFLINE\)\)"):
         preview(model="someone/no-such-model", data=records)
     assert time.perf_counter() - start < 5
+
+
+@pytest.mark.parametrize("entry", ["train", "preview", "inspect_data"])
+def test_a_misspelt_setting_is_a_config_error_with_a_suggestion_everywhere(entry, records):
+    with pytest.raises(lm.ConfigError, match=r"^unknown setting 'stpes' \(did you mean 'steps'\?\)"):
+        getattr(lm, entry)(data=records, stpes=3)
