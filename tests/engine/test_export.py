@@ -317,6 +317,15 @@ def test_gpt2_is_refused_before_anything_is_written(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "gpt2"]
 
 
+def test_a_split_llama_cpp_does_not_know_is_refused():
+    unknown = {"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": {"Regex": r"\s+"}}]}
+    with pytest.raises(
+        ModelError, match="no name for; GGUF export knows the splits of GPT-2, SmolLM, llama-bpe, qwen2"
+    ):
+        exporting.split_name(unknown)
+    assert exporting.split_name({"type": "ByteLevel", "use_regex": True}) == "gpt2"
+
+
 def test_export_is_atomic_and_never_overwrites(tiny_run, tmp_path, monkeypatch):
     _, store = tiny_run
     out = tmp_path / "out"
