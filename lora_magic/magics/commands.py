@@ -150,7 +150,7 @@ def free(magics: LoraMagics, args: Any) -> None:
 # -- runs ----------------------------------------------------------------------------------------------
 @command("runs")
 def runs(magics: LoraMagics, args: Any) -> Any:
-    """Table of the runs in the run store, newest first."""
+    """Table of the runs in the run store, newest first (loss: the last logged training loss)."""
     import pandas as pd
 
     store = magics.store
@@ -158,20 +158,41 @@ def runs(magics: LoraMagics, args: Any) -> Any:
     if not records:
         print(f"No runs in {store.root} yet; start one with %%finetune.")
         return None
-    rows = [
-        {
-            "name": r["name"],
-            "status": r["status"],
-            "step": f"{r.get('step', 0)}/{r.get('total_steps') or '?'}",
-            "loss": (r.get("metrics") or {}).get("train_loss", r.get("loss")),
-            "eval_loss": (r.get("metrics") or {}).get("eval_loss"),
-            "model": r.get("model"),
-            "quantization": r.get("quantization"),
-            "created": pd.to_datetime(r.get("created"), unit="s").floor("s"),
-        }
-        for r in records
-    ]
-    return pd.DataFrame(rows).set_index("name")
+    table = pd.DataFrame([run_row(record) for record in records]).set_index("name")
+    return table if table["error"].any() else table.drop(columns="error")
+
+
+def run_row(record: dict[str, Any]) -> dict[str, Any]:
+    """One run as a row of `%lora runs`: losses to 4 decimals, counts with thousands separators."""
+    import pandas as pd
+
+    metrics = record.get("metrics") if isinstance(record.get("metrics"), dict) else {}
+    created = record.get("created")
+    # an eval at step 0 is the base model's loss, not the adapter's
+    evaluated = _number(metrics.get("eval_step")) != 0
+    return {
+        "name": record["name"],
+        "status": record["status"],
+        "step": f"{_count(record.get('step') or 0)}/{_count(record.get('total_steps') or '?')}",
+        "loss": _rounded(record.get("loss")),
+        "eval_loss": _rounded(metrics.get("eval_loss")) if evaluated else None,
+        "model": record.get("model"),
+        "quantization": record.get("quantization"),
+        "created": pd.to_datetime(created, unit="s").floor("s") if _number(created) is not None else pd.NaT,
+        "error": record.get("error") or "",
+    }
+
+
+def _number(value: Any) -> float | None:
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _rounded(value: Any) -> float | None:
+    return None if _number(value) is None else round(value, 4)
+
+
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(_number(value), int) else str(value)
 
 
 @command("show")
@@ -309,7 +330,8 @@ def ui(magics: LoraMagics, args: Any) -> None:
         raise UsageError("the settings form needs a widget frontend; %%finetune --help lists the settings")
     from ..widgets import ConfigForm
 
-    config = magics.last_config or magics.run_config({})  # the %config defaults
+    # the last run's settings (or the %config defaults), under a new name: run names are unique
+    config = (magics.last_config or magics.run_config({})).replace(name=None)
     display(ConfigForm(magics.shell.user_ns, config=config).widget)
 
 
@@ -374,25 +396,37 @@ def load_runs(magics: LoraMagics, names: list[str]) -> None:
 
 
 @command("chat")
-@argument("message", nargs="*", metavar="MESSAGE", help="What to say. Without it: a chat box (widgets).")
-@argument("--adapter", help="Adapter or run to talk to, or 'base'. Default: the one in use (%%lora use).")
+@argument("message", nargs="*", metavar="MESSAGE", help="What to say. Without it: a chat panel (widgets).")
+@argument(
+    "--adapter",
+    help="Adapter or run to talk to, or 'base'; it can change between turns. Default: the last one "
+    "talked to, else the one in use (%%lora use).",
+)
+@argument("--clear", action="store_true", help="Forget the conversation and start a new one.")
 @arguments(*SAMPLING)
 def chat(magics: LoraMagics, args: Any) -> Any:
-    """Talk to the base model or one adapter."""
-    from ..generation import session
+    """Talk with the base model or an adapter: the conversation goes on from call to call."""
+    from ..generation import Conversation
 
     load_runs(magics, [args.adapter] if args.adapter else [])
-    name = args.adapter or session().active
+    if magics.conversation is None or args.clear:
+        magics.conversation = Conversation()
     message = " ".join(args.message)
     if not message:
+        if args.clear:
+            print("Started a new conversation.")
+            return None
         if not magics.use_widgets():
-            raise UsageError("no message given: %lora chat MESSAGE (the chat box needs widgets)")
-        from ..widgets import ComparePanel
+            raise UsageError("no message given: %lora chat MESSAGE (the chat panel needs widgets)")
+        from ..widgets import ChatPanel, Shown
 
-        display(ComparePanel("", [name], **sampling(args)).widget)
+        panel = ChatPanel(magics.conversation, args.max_new_tokens, args.temperature)
+        if args.adapter:
+            panel.adapter.value = args.adapter
+        Shown(panel.widget).display()
         return None
-    answer = session().compare(message, [name], **sampling(args))
-    print(answer[name])
+    answer = magics.conversation.say(message, args.adapter, **sampling(args))
+    print(answer.text)
     return None
 
 
