@@ -19,13 +19,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import PrinterCallback, TrainerCallback
 
-from . import models
+from . import models, planning
 from .adapter_card import adapter_card
 from .config import RunConfig
 from .data import Prepared, prepare, prompt_for
@@ -49,6 +50,16 @@ log = logging.getLogger(__name__)
 Event = dict[str, Any]
 VERSIONED = ("lora_magic", "torch", "transformers", "peft", "trl", "bitsandbytes")
 HOST = socket.gethostname()
+DIVERGENCE_RISE = 1.4  # an eval loss this many times its best so far means the run is diverging
+
+
+@dataclass
+class BestWeights:
+    """The adapter's weights at its lowest eval loss so far: what a rollback restores."""
+
+    step: int
+    eval_loss: float
+    state: dict[str, torch.Tensor]
 
 
 class Run:
@@ -63,6 +74,9 @@ class Run:
         self.metrics: dict[str, float] = {}
         self.error: str | None = None
         self.trainable_params = self.total_params = 0
+        self.warning: str | None = None  # set when the run diverges or its loss is NaN/inf
+        self.best: BestWeights | None = None
+        self._rollback_wanted = False
         self._stop = threading.Event()
         self._running = threading.Event()  # cleared while paused
         self._running.set()
@@ -120,6 +134,35 @@ class Run:
     def resume(self) -> None:
         self._running.set()
 
+    def rollback(self) -> None:
+        """Put the adapter back to its weights at the lowest eval loss. A running run stops first
+        (after the current step) and saves the rolled-back adapter."""
+        if self.best is None:
+            raise RunError(
+                f"run {self.name!r} has no evaluation yet, so there are no best weights to roll back to"
+            )
+        if not self.done:
+            self._rollback_wanted = True
+            self.stop()
+            return
+        session().refuse_while_leased("roll back an adapter")
+        if self.name not in session().adapters:
+            raise RunError(
+                f"run {self.name!r}'s adapter is no longer loaded in this session, so its best weights "
+                "are gone with it; roll back before %lora free or loading another base"
+            )
+        self._restore_best()
+        session().save_adapter(self.name, self.path / "adapter")
+        self.store.update(self.name, metrics=self.metrics)
+
+    def _restore_best(self) -> None:
+        from peft import set_peft_model_state_dict
+
+        best = self.best
+        set_peft_model_state_dict(session().model, best.state, adapter_name=self.name)
+        self.metrics.update(eval_loss=best.eval_loss, rolled_back_to_step=best.step)
+        self.publish({"type": "rollback", "step": best.step, "eval_loss": best.eval_loss})
+
     def wait(self, timeout: float | None = None) -> Run:
         """Block until the run ends. Ctrl-C / kernel interrupt stops it gracefully instead."""
         try:
@@ -146,6 +189,14 @@ class Run:
 
     def _stop_wanted(self) -> bool:
         return self._stop.is_set() or self.store.stop_requested(self.name)
+
+    def _warn(self, kind: str, step: int, message: str) -> None:
+        """Say once per kind, in the events, run.json and every view, that the run is going wrong."""
+        if any(e["type"] == "warning" and e["kind"] == kind for e in self.events):
+            return
+        self.warning = message
+        self.store.update(self.name, warning=message)
+        self.publish({"type": "warning", "kind": kind, "step": step, "message": message})
 
     def _set_status(self, status: str, **fields: Any) -> None:
         self.status = status
@@ -238,6 +289,7 @@ def train(config: RunConfig | None = None, /, *, runs_dir: str | Path | None = N
         "cleaning": prepared.cleaning,
         "base_fingerprint": models.base_fingerprint(shared.resolved),
         "targets": targets,
+        "plan": planning.record(config),  # the estimate, to compare with the run's peak memory
         "step": 0,
         "total_steps": 0,
         "metrics": {},
@@ -357,6 +409,9 @@ def _work(run: Run, prepared: Prepared, resume_from: Path | None) -> None:
         if run.eval_losses:
             run.metrics["eval_step"], run.metrics["eval_loss"] = run.eval_losses[-1]
             run.metrics["first_eval_loss"] = run.eval_losses[0][1]
+            run.metrics["best_eval_loss"], run.metrics["best_step"] = run.best.eval_loss, run.best.step
+        if run._rollback_wanted:
+            run._restore_best()
         card = adapter_card(run.store.read(run.name), run.metrics)
         shared.save_adapter(run.name, run.path / "adapter", card=card)
         stopped = run._stop_wanted() and run.step < run.total_steps
@@ -512,16 +567,43 @@ class RunCallback(TrainerCallback):
             "eta": (now - self.started) / done * (run.total_steps - state.global_step),
             "peak_memory_mb": _peak_memory_mb(),
         }
+        broken = [k for k in ("loss", "grad_norm") if event[k] is not None and not math.isfinite(event[k])]
         self.last_time, self.last_tokens = now, tokens
         run.step = state.global_step
         run.publish(event)
         run.store.update(
             run.name, step=run.step, total_steps=run.total_steps, loss=event["loss"], eta=event["eta"]
         )
+        if broken:
+            what = " and ".join(f"the {k.replace('_', ' ')} is {event[k]}" for k in broken)
+            run._warn(
+                "not-finite",
+                state.global_step,
+                f"training broke down at step {state.global_step}: {what}. {_advice(run)}",
+            )
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if metrics and "eval_loss" in metrics:
-            self.run.publish({"type": "eval", "step": state.global_step, "eval_loss": metrics["eval_loss"]})
+        if not metrics or "eval_loss" not in metrics:
+            return
+        run, step, loss = self.run, state.global_step, metrics["eval_loss"]
+        run.publish({"type": "eval", "step": step, "eval_loss": loss})
+        best = run.best
+        if math.isfinite(loss) and (best is None or loss < best.eval_loss):
+            run.best = BestWeights(step, loss, _adapter_weights(run.name))
+        elif not math.isfinite(loss):
+            run._warn(
+                "not-finite",
+                step,
+                f"training broke down at step {step}: the eval loss is {loss}. {_advice(run)}",
+            )
+        elif loss > DIVERGENCE_RISE * best.eval_loss:
+            rise = loss / best.eval_loss - 1
+            run._warn(
+                "diverging",
+                step,
+                f"diverging: eval loss {loss:.4f} at step {step} is {rise:.0%} above its best "
+                f"({best.eval_loss:.4f} at step {best.step}). {_advice(run)}",
+            )
 
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -558,6 +640,29 @@ class RunCallback(TrainerCallback):
                 )
         finally:
             model.train(was_training)
+
+
+def _advice(run: Run) -> str:
+    """The likely cause of a diverging run and what to do about it."""
+    config = run.config
+    fixes = [f"lower learning_rate (now {config.learning_rate:g}; try {config.learning_rate / 4:g})"]
+    if config.warmup_steps == 0:
+        fixes.append("add warm-up (warmup_steps about a tenth of the steps)")
+    cause = "a learning rate too high for this base"
+    if config.quantization == "4bit":
+        cause += " (a 4-bit base is noisier and wants a lower rate)"
+    roll = ""
+    if run.best is not None:
+        roll = f" or roll back to the weights of step {run.best.step}: run.rollback() or %lora rollback {run.name}"
+    return f"Likely cause: {cause}. To fix: {' and '.join(fixes)}. Stop the run{roll}."
+
+
+def _adapter_weights(name: str) -> dict[str, torch.Tensor]:
+    """A copy of adapter `name`'s weights, as PEFT saves them."""
+    from peft import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(session().model, adapter_name=name)
+    return {key: value.detach().clone() for key, value in state.items()}
 
 
 def _peak_memory_mb() -> float:

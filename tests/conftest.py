@@ -21,6 +21,38 @@ def tiny_model_dir(tmp_path_factory, builtin_model_dir) -> str:
     return tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
+# The source experiment's model, OpenLLaMA-3B-v2: its published config.json, without the weights.
+OPENLLAMA_3B_V2 = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 3200,
+    "intermediate_size": 8640,
+    "num_hidden_layers": 26,
+    "num_attention_heads": 32,
+    "vocab_size": 32000,
+    "max_position_embeddings": 2048,
+    "hidden_act": "silu",
+    "rms_norm_eps": 1e-06,
+    "initializer_range": 0.02,
+    "tie_word_embeddings": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 0,
+    "torch_dtype": "float16",
+    "use_cache": True,
+}
+
+
+@pytest.fixture(scope="session")
+def openllama_3b_dir(tmp_path_factory) -> str:
+    """A folder holding OpenLLaMA-3B-v2's config.json and no weights."""
+    import json
+
+    folder = tmp_path_factory.mktemp("open_llama_3b_v2")
+    (folder / "config.json").write_text(json.dumps(OPENLLAMA_3B_V2, indent=2))
+    return str(folder)
+
+
 @pytest.fixture
 def runs_dir(tmp_path, monkeypatch):
     """A fresh run store for each test, also the default for code that reads $LORA_MAGIC_RUNS."""
@@ -46,9 +78,9 @@ def clean_session():
         session().free()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def records() -> list[dict[str, str]]:
-    """24 short instruction/response records for fast tests."""
+    """24 short instruction/response records for fast tests (shared: do not modify them)."""
     colours = ["red", "blue", "green", "amber", "violet", "teal"]
     things = ["lamp", "kettle", "chair", "bottle"]
     return [

@@ -71,6 +71,9 @@ export class RunDetail extends Widget {
     if (summary.error) {
       parts.push(summary.error);
     }
+    if (summary.warning) {
+      parts.push(`⚠ ${summary.warning}`);
+    }
     this._summary.textContent = parts.join(' · ');
     this.node.dataset.status = summary.status;
 

@@ -25,6 +25,8 @@ export interface IRunSummary {
   total_steps?: number | null;
   metrics?: Record<string, unknown> | null;
   error?: string | null;
+  /** Set when the run diverges or its loss or gradient norm is NaN/inf: what is wrong and what to do. */
+  warning?: string | null;
   adapter_path?: string | null;
 }
 

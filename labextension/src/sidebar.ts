@@ -42,6 +42,7 @@ class RunItem {
     this._spark = element('span', 'lm-RunItem-spark', line);
     this._text = element('span', 'lm-RunItem-text', line);
     this._detail = element('div', 'lm-RunItem-detail', this.node);
+    this._warning = element('div', 'lm-RunItem-warning', this.node);
   }
 
   update(view: IRunView): void {
@@ -71,6 +72,8 @@ class RunItem {
     }
     this._detail.textContent = parts.filter(Boolean).join(' · ');
     this._detail.title = this._detail.textContent;
+    this._warning.hidden = !summary.warning;
+    this._warning.textContent = summary.warning ? `⚠ ${summary.warning}` : '';
   }
 
   private _name: HTMLButtonElement;
@@ -80,6 +83,7 @@ class RunItem {
   private _spark: HTMLSpanElement;
   private _text: HTMLSpanElement;
   private _detail: HTMLDivElement;
+  private _warning: HTMLDivElement;
 }
 
 /** The left sidebar "LoRA runs": every run in the store, whichever kernel started it. */

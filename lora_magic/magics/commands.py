@@ -296,6 +296,22 @@ def pause(magics: LoraMagics, args: Any) -> None:
     print(f"Pausing run {run.name!r} after the current step; %lora resume continues it.")
 
 
+@command("rollback")
+@argument("run", nargs="?", metavar="RUN", help="This kernel's run. Default: the training or last one.")
+def rollback(magics: LoraMagics, args: Any) -> None:
+    """Put a run's adapter back to its weights at the lowest eval loss (a training run stops first)."""
+    run = kernel_run(args.run, "roll back")
+    with user_errors("%lora rollback"):
+        run.rollback()
+    best = run.best
+    if run.done:
+        print(
+            f"Run {run.name!r}'s adapter is back to step {best.step} (eval loss {best.eval_loss:.4f}) and saved."
+        )
+    else:
+        print(f"Stopping run {run.name!r}; its adapter will be saved as it was at step {best.step}.")
+
+
 @command("resume")
 @argument("run", nargs="?", metavar="RUN", help="Run to continue. Default: the paused or last run.")
 @argument("--background", action="store_true", help="Return at once; the dashboard keeps updating.")
@@ -372,11 +388,15 @@ def run_compare(magics: LoraMagics, prompt: str, args: Any) -> Any:
     from ..generation import session
 
     if magics.use_widgets() and not args.raw:
-        from ..widgets import ComparePanel
+        from ..widgets import ComparePanel, Shown
 
         panel = ComparePanel(prompt, names, **sampling(args))
-        display(panel.widget)
-        panel.generate()
+        shown = Shown(panel.widget)
+        shown.display()
+        try:
+            panel.generate()
+        finally:
+            shown.freeze()  # the answers stay in the saved notebook; %lora chat talks on
         return None
     return session().compare(prompt, names, raw=args.raw, **sampling(args))
 
@@ -462,4 +482,5 @@ def merge(magics: LoraMagics, args: Any) -> Any:
 
 
 from . import data  # noqa: E402,F401
+from . import plan  # noqa: E402,F401
 from . import export  # noqa: E402,F401

@@ -15,6 +15,7 @@ import ipywidgets as w
 
 from ..datacheck import describe_cleaning
 from ..events import FINISHED
+from ..planning import describe_estimate
 from . import summary
 from .frontend import route_to_subshell
 from .loss_plot import LossPlot, Throttle
@@ -48,8 +49,17 @@ class Dashboard:
         self.pause_button = w.Button(
             description="Pause", icon="pause", tooltip="Hold training after this step"
         )
+        self.warning = w.HTML()
+        self.rollback_button = w.Button(
+            description="Roll back to best",
+            icon="undo",
+            button_style="warning",
+            tooltip="Stop if training, and keep the adapter as it was at its lowest eval loss",
+            layout=w.Layout(display="none"),
+        )
         self.probes = w.HTML()
         self.summary = w.HTML()
+        self.rollback_button.on_click(lambda _: self.rollback())
         self.stop_button.on_click(lambda _: self.stop())
         self.pause_button.on_click(lambda _: self.toggle_pause())
         self.widget = w.VBox(
@@ -57,6 +67,7 @@ class Dashboard:
                 self.header,
                 w.HBox([self.progress, self.stop_button, self.pause_button]),
                 self.stats,
+                w.HBox([self.warning, self.rollback_button]),
                 self.image,
                 self.probes,
                 self.summary,
@@ -68,7 +79,8 @@ class Dashboard:
 
     def bind_controls(self) -> bool:
         """Make the buttons answer while a cell is busy, where the kernel allows it (frontend.py)."""
-        return route_to_subshell(self.stop_button) & route_to_subshell(self.pause_button)
+        buttons = (self.stop_button, self.pause_button, self.rollback_button)
+        return all([route_to_subshell(button) for button in buttons])
 
     # -- controls ------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -78,6 +90,15 @@ class Dashboard:
             self.pause_button.disabled = True
             self.state = "stopping after this step"
             self._render_stats()
+
+    def rollback(self) -> None:
+        self.run.rollback()
+        self.rollback_button.disabled = True
+        if self.run.done:  # a finished run no longer feeds this dashboard its events
+            self.handle(self.run.events[-1])
+        else:
+            self.rollback_button.description = "Rolling back…"
+            self.stop_button.disabled = self.pause_button.disabled = True
 
     def toggle_pause(self) -> None:
         if self.run.done:
@@ -108,6 +129,14 @@ class Dashboard:
             self._render_probes()
         elif kind == "status":
             self._render_status(event["status"])
+        elif kind == "warning":
+            self._render_warning(event["message"])
+            self.rollback_button.layout.display = "" if self.run.best else "none"
+        elif kind == "rollback":
+            self._render_warning(
+                f"rolled back to the weights of step {event['step']} (eval loss {event['eval_loss']:.4f})"
+            )
+            self.rollback_button.layout.display = "none"
         self._render_stats()
         self.refresh(force=kind == "status" and event["status"] in FINISHED)
 
@@ -146,6 +175,8 @@ class Dashboard:
             parts.append(html.escape(summary.trainable(run)))
         if cleaned := describe_cleaning(run.store.read(run.name).get("cleaning")):
             parts.append(html.escape(cleaned))
+        if estimate := describe_estimate(run.store.read(run.name).get("plan")):
+            parts.append(html.escape(estimate))
         self.header.value = " · ".join(parts)
 
     def _render_stats(self) -> None:
@@ -168,6 +199,11 @@ class Dashboard:
             lines = [html.escape(line) for line in summary.final(self.run)]
             colour = "#b00020" if status == "failed" else "inherit"
             self.summary.value = f"<div style='color:{colour}'>" + "<br>".join(lines) + "</div>"
+
+    def _render_warning(self, text: str) -> None:
+        self.warning.value = (
+            f"<div class='lora-magic-warning' style='color:#b35c00'>⚠ {html.escape(text)}</div>"
+        )
 
     def _render_probes(self) -> None:
         rows = "".join(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import sys
 import textwrap
 from typing import Any, TextIO
@@ -42,6 +43,12 @@ class TextProgress:
                 f"    base:    {textwrap.shorten(event['base'], 100)}\n"
                 f"    adapter: {textwrap.shorten(event['adapter'], 100)}"
             )
+        elif kind == "warning":
+            self.say(f"warning at step {event['step']}: {event['message']}")
+        elif kind == "rollback":
+            self.say(
+                f"rolled back to the weights of step {event['step']} (eval loss {event['eval_loss']:.4f})"
+            )
         elif kind == "status" and event["status"] == "paused":
             self.say(f"paused at step {event['step']}")
 
@@ -55,9 +62,18 @@ class TextProgress:
     def finish(self) -> None:
         for line in summary.final(self.run):
             self.say(line)
-        if self.plot.train:
-            try:
-                from IPython.display import Image, display
-            except ImportError:
-                return
-            display(Image(data=self.plot.png(), format="png"))
+        if not self.plot.train:
+            return
+        (first, start), (last, end) = self.plot.train[0], self.plot.train[-1]
+        line = f"loss curve: {start:.4f} at step {first} → {end:.4f} at step {last}"
+        try:
+            from IPython import get_ipython
+            from IPython.display import display
+        except ImportError:
+            get_ipython = None
+        if get_ipython is None or get_ipython() is None:
+            self.say(line)
+            return
+        # the plot where the frontend shows images, the line where it shows only text (a terminal)
+        png = base64.b64encode(self.plot.png()).decode("ascii")
+        display({"image/png": png, "text/plain": f"[{self.run.name}] {line}"}, raw=True)
