@@ -18,7 +18,8 @@ from .errors import ConfigError, did_you_mean
 
 SECTIONS = ("run", "model", "data", "lora", "train", "probes")
 TARGET_PRESETS = ("attention", "attention-all", "all-linear")
-RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # whole names only: use fullmatch
+# Whole names only (use fullmatch). No ".": a run name is also its PEFT adapter name, which cannot hold one.
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
 
 
 def setting(default: Any, help: str, section: str, *, choices: tuple = (), type: type | None = None):
@@ -151,7 +152,12 @@ class RunConfig:
         "lora",
         type=str,
     )
-    include_lm_head: bool = setting(False, "With 'all-linear', adapt the output head (lm_head) too.", "lora")
+    include_lm_head: bool = setting(
+        False,
+        "With 'all-linear', count the output head (lm_head) as a target too: for %lora plan; "
+        "training refuses it (TRL computes the loss from the head's weight directly).",
+        "lora",
+    )
     # -- train -------------------------------------------------------------------------------
     steps: int = setting(0, "Optimizer steps to train. 0: train for `epochs` instead.", "train")
     epochs: float = setting(1.0, "Passes over the training data (when steps is 0).", "train")
@@ -203,7 +209,7 @@ class RunConfig:
             _check_type(f, value)
         if self.name is not None and not RUN_NAME.fullmatch(self.name):
             raise ConfigError(
-                f"name={self.name!r} is not a valid run name; use letters, digits, '.', '_' and '-' "
+                f"name={self.name!r} is not a valid run name; use letters, digits, '_' and '-' "
                 "(starting with a letter or digit, at most 100 characters)"
             )
         for name in ("r", "alpha", "batch_size", "grad_accum", "max_length", "probe_tokens"):

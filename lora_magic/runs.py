@@ -93,7 +93,7 @@ class RunStore:
         """The folder of run `name`; refuses names that could point outside the store."""
         if not isinstance(name, str) or not RUN_NAME.fullmatch(name):
             raise RunError(
-                f"{name!r} is not a valid run name; use letters, digits, '.', '_' and '-', starting "
+                f"{name!r} is not a valid run name; use letters, digits, '_' and '-', starting "
                 "with a letter or digit"
             )
         root = self.root.resolve()

@@ -14,6 +14,7 @@ import importlib.metadata
 import logging
 import math
 import os
+import re
 import resource
 import socket
 import threading
@@ -30,7 +31,7 @@ from . import models, planning
 from .adapter_card import adapter_card
 from .config import RunConfig
 from .data import Prepared, prepare, prompt_for
-from .errors import RunError
+from .errors import ConfigError, RunError
 from .events import (
     ACTIVE,
     COMPLETED,
@@ -271,6 +272,13 @@ def train(config: RunConfig | None = None, /, *, runs_dir: str | Path | None = N
     shared.ensure_base(config)
     prepared = prepare(config, shared.tokenizer)
     targets = models.resolve_targets(config, shared.base_model)
+    heads = [t for t in targets if t.rsplit(".", 1)[-1] in models.OUTPUT_HEADS]
+    if heads:
+        raise ConfigError(
+            f"an adapter on the output head ({', '.join(heads)}) cannot be trained: TRL's SFTTrainer computes "
+            "the loss from the head's weight directly and refuses it. Train without include_lm_head (or "
+            "leave the head out of targets); %lora plan still counts its parameters"
+        )
     name = config.name or _free_name(store, config)
     if store.exists(name) or name in shared.adapters:
         raise RunError(f"a run or adapter named {name!r} already exists; choose another name")
@@ -376,7 +384,7 @@ def resume(name: str, config: RunConfig | None = None, *, runs_dir: str | Path |
 
 
 def _free_name(store: RunStore, config: RunConfig) -> str:
-    stem = Path(config.model).name.replace("/", "-") + time.strftime("-%Y%m%d-%H%M%S")
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(config.model).name) + time.strftime("-%Y%m%d-%H%M%S")
     name, n = stem, 1
     while store.exists(name) or (store.root / name).exists():
         n += 1
