@@ -37,6 +37,7 @@ _LAZY = {
     "export": "exporting",
     "load_base": "models",
     "resolve_model": "models",
+    "plan": "planning",
 }
 
 __all__ = [

@@ -227,18 +227,11 @@ class Session:
 
     # -- adapters ------------------------------------------------------------------------------
     def add_training_adapter(self, name: str, config: RunConfig, targets: list[str]) -> None:
-        from peft import LoraConfig, PeftModel, get_peft_model
+        from peft import PeftModel, get_peft_model
         from transformers import set_seed
 
         set_seed(config.seed)  # LoRA's A matrices are initialised randomly
-        lora = LoraConfig(
-            r=config.r,
-            lora_alpha=config.alpha,
-            lora_dropout=config.dropout,
-            bias=config.bias,
-            target_modules=targets,
-            task_type="CAUSAL_LM",
-        )
+        lora = models.lora_config(config, targets)
         if isinstance(self.model, PeftModel):
             self.model.add_adapter(name, lora)
         else:

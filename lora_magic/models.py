@@ -303,6 +303,20 @@ def linear_layer_names(model: nn.Module) -> list[str]:
     return sorted({name.rsplit(".", 1)[-1] for name in linear_layers(model)})
 
 
+def lora_config(config: RunConfig, targets: list[str]) -> Any:
+    """PEFT's LoraConfig for a run: what training applies and what a plan counts."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.r,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        bias=config.bias,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
+
+
 def resolve_targets(config: RunConfig, model: nn.Module) -> list[str]:
     """The target_modules list for PEFT, from a preset or an explicit list checked against the model."""
     names = linear_layer_names(model)

@@ -65,6 +65,14 @@ class LoraMagics(Magics):
     )
     @argument("--background", action="store_true", help="Return at once; the dashboard keeps updating.")
     @argument("--preview", action="store_true", help="Show the templated examples instead of training.")
+    @argument(
+        "--plan",
+        nargs="?",
+        const="auto",
+        metavar="GPU",
+        help="Estimate parameters and memory instead of training: for this machine, or a named GPU or "
+        "GiB as in %%lora plan --gpu.",
+    )
     @config_arguments()
     def finetune(self, line: str, cell: str | None = None) -> Any:
         """Fine-tune a model with LoRA / QLoRA and return the run.
@@ -84,6 +92,10 @@ class LoraMagics(Magics):
                 from ..data import preview
 
                 return preview(config)
+            if args.plan:
+                from ..planning import plan
+
+                return plan(config, gpu=args.plan)
             import lora_magic
 
             run = lora_magic.train(config, runs_dir=self.runs_root)

@@ -68,15 +68,9 @@ def test_presets_pick_the_roles_of_each_architecture(tiny_model_dir):
     assert resolve(RunConfig(targets="attention-all"), gpt2) == ["c_attn", "attn.c_proj"]
 
 
-def test_source_experiment_parameter_counts_on_openllama_3b_shape():
+def test_source_experiment_parameter_counts_on_openllama_3b_shape(openllama_3b_dir):
     """The three counts of the source article (OpenLLaMA-3B-v2), rebuilt on the meta device."""
-    shape = LlamaConfig(
-        hidden_size=3200,
-        intermediate_size=8640,
-        num_hidden_layers=26,
-        num_attention_heads=32,
-        vocab_size=32000,
-    )
+    shape = LlamaConfig.from_pretrained(openllama_3b_dir)
     with torch.device("meta"):
         counts = [
             lora_params(LlamaForCausalLM(shape), config)

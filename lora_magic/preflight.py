@@ -1,0 +1,112 @@
+"""A measured pre-flight: a few real training steps of the planned size on this machine.
+
+The steps go through the same path as a run (the kernel's shared base model, PEFT, TRL's trainer),
+on synthetic examples that fill max_length, in a throw-away run store. The base model stays loaded
+for the run that follows; the adapter and the run record are removed.
+
+Peak memory on a GPU is torch's peak allocation during the steps, the loaded model included. On a
+CPU it is the size of the loaded weights plus how far the process's resident memory (RSS) rose above
+its level before the steps (Linux: the kernel's high-water mark, reset before the steps).
+"""
+
+from __future__ import annotations
+
+import gc
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig
+from .errors import RunError
+from .planning import Measurement
+
+STEPS = 3  # the first one warms up (and allocates the optimizer state); the others are timed
+STATUS = Path("/proc/self/status")
+
+
+def measure(config: RunConfig) -> Measurement:
+    # the trainer's libraries are imported before the baseline: their memory is the process's
+    import datasets  # noqa: F401
+    import torch
+    from trl import SFTTrainer  # noqa: F401
+
+    from . import models, training
+    from .generation import session
+
+    device = models.device(config.device)
+    if device == "cpu" and not STATUS.is_file():
+        raise RunError("measuring memory on the CPU needs Linux (/proc); the estimate stands without it")
+    training.manager().ensure_idle()
+    shared = session()
+    shared.ensure_base(config)
+    weights = shared.base_model.get_memory_footprint()
+    _touch(shared.base_model)
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        rss_before = _status_bytes("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak RSS
+    run = _train_steps(config)
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = weights + _status_bytes("VmHWM") - rss_before
+    if run.status != "completed":
+        return Measurement(peak, None, device, error=run.error)
+    times = [event["elapsed"] for event in run.events if event["type"] == "log"]
+    per_step = (times[-1] - times[0]) / (len(times) - 1) * config.grad_accum
+    return Measurement(peak, per_step, device)
+
+
+def _train_steps(config: RunConfig) -> Any:
+    """The finished run of STEPS steps of full-length examples. It leaves no trace in the run store
+    or the session."""
+    from . import training
+    from .generation import session
+
+    filler = " ".join(["lamp"] * config.max_length)  # at least one token a word: truncated to max_length
+    records = [{"instruction": "Describe the lamp.", "response": filler}] * (config.batch_size * STEPS)
+    name = f"preflight-{time.strftime('%Y%m%d-%H%M%S')}"
+    steps_config = config.replace(
+        name=name,
+        data=records,
+        eval_data=None,
+        eval_fraction=0.0,
+        max_examples=None,
+        template="alpaca",
+        instruction_field="instruction",
+        input_field="input",
+        response_field="response",
+        steps=STEPS,
+        grad_accum=1,
+        save_every=0,
+        probes=[],
+    )
+    manager = training.manager()
+    last = manager.last
+    with tempfile.TemporaryDirectory() as store:
+        try:
+            return training.train(steps_config, runs_dir=store).wait()
+        finally:
+            if name in session().adapters:
+                session().delete_adapter(name)
+            manager.active = manager.last = last  # the kernel's last run is still the user's
+
+
+def _touch(model) -> None:
+    """Read every page of the weights, so weights that loading only mapped from the file are resident
+    before the baseline is taken and not counted twice."""
+    import torch
+
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.detach().reshape(-1)[::1024].float().sum()
+
+
+def _status_bytes(key: str) -> int:
+    for line in STATUS.read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise RunError(f"{STATUS} has no {key}")
