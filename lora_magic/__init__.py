@@ -13,6 +13,7 @@ torch, transformers, peft and trl are imported on first real use, never at impor
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 from .config import RunConfig
@@ -20,6 +21,13 @@ from .errors import ConfigError, DataError, LoraMagicError, ModelError, RunError
 from .runs import RunStore
 
 __version__ = "0.1.0"
+
+# bitsandbytes is imported by transformers and peft wherever it is installed, and on a CPU with
+# AVX512-BF16 it then warns that an optional kernel from the Hub (package `kernels`) is missing. It
+# goes on with its own, so nothing is wrong: keep that warning out of every first cell of a kernel.
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+    lambda record: not record.getMessage().startswith("Failed to load CPU gemm_4bit_forward")
+)
 
 # Public names served lazily from the modules that hold the heavy imports.
 _LAZY = {

@@ -21,6 +21,7 @@ import torch
 from filelock import FileLock
 from torch import nn
 
+from . import progress
 from .config import RunConfig
 from .errors import ModelError, did_you_mean
 
@@ -231,6 +232,7 @@ def load_base(config: RunConfig) -> tuple[Any, Any, str]:
     """(model, tokenizer, resolved name) for the config's base model and quantisation."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+    progress.route_transformers()  # inside a magic, its loading bar becomes one line of the cell
     resolved = resolve_model(config.model)
     dtype = compute_dtype(config)
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": config.trust_remote_code}

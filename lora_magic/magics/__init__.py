@@ -15,6 +15,7 @@ from traitlets import Enum, Unicode
 
 from ..config import RunConfig, choices
 from ..runs import RunStore
+from .cells import cell_output
 from .commands import FORMATTER, compare_arguments, help_text, lookup, overview, run_compare, user_errors
 from .options import (
     DATA_SETTINGS,
@@ -54,6 +55,7 @@ class LoraMagics(Magics):
         super().__init__(shell, **kwargs)
         self.last_config: RunConfig | None = None  # of the last %%finetune, for %lora preview and ui
         self.conversation: Any = None  # the %lora chat conversation, once one started
+        self.cells = cell_output(shell)  # what a cell shows around the magics' output (cells.py)
 
     # -- %%finetune ------------------------------------------------------------------------------
     @no_var_expand
@@ -85,7 +87,7 @@ class LoraMagics(Magics):
         args = self.parse(self.finetune, split(line))
         if args is None:
             return None
-        with user_errors("%%finetune"):
+        with user_errors("%%finetune"), self.cells.progress_line():
             body = {key: self.variables.expand(value, key) for key, value in read_body(cell).items()}
             config = self.run_config({**body, **config_values(args)})
             if args.preview:
@@ -113,7 +115,7 @@ class LoraMagics(Magics):
         args = self.parse(command, words[1:])
         if args is None:
             return None
-        with user_errors(f"%lora {name}"):
+        with user_errors(f"%lora {name}"), self.cells.progress_line():
             return command(self, args)
 
     lora.__doc__ = overview()
@@ -133,7 +135,7 @@ class LoraMagics(Magics):
         args = self.parse(self.compare, split(line))
         if args is None:
             return None
-        with user_errors("%%compare"):
+        with user_errors("%%compare"), self.cells.progress_line():
             return run_compare(self, self.variables.expand(cell, "prompt"), args)
 
     # -- shared by the magics ------------------------------------------------------------------
@@ -178,5 +180,6 @@ class LoraMagics(Magics):
         from ..widgets import watch
 
         watch(run, background=background, widgets=self.use_widgets())
+        self.cells.shown.append(run)  # so the run this magic returns is not echoed under its view
         if run.status == "failed":
             print(f"Run {run.name!r} failed: {run.error}", file=sys.stderr)

@@ -4,6 +4,7 @@ watch(run)                     the dashboard of a run (text where no widget fron
 ComparePanel(prompt).generate() base and adapters side by side, streaming
 ChatPanel(conversation)        a conversation with the base or an adapter, switchable between turns
 ConfigForm(namespace)          every RunConfig setting as a form; .to_cell() gives a %%finetune cell
+Shown(widget).display()        a widget with a static picture of itself in the same output; .freeze()
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from .dashboard import Dashboard
 from .form import ConfigForm
 from .frontend import use_widgets
 from .loss_plot import LossPlot, Throttle
+from .static import Shown
 from .text_progress import TextProgress
 from .watch import watch
 
@@ -23,6 +25,7 @@ __all__ = [
     "ConfigForm",
     "Dashboard",
     "LossPlot",
+    "Shown",
     "TextProgress",
     "Throttle",
     "use_widgets",

@@ -20,6 +20,8 @@ from . import summary
 from .frontend import route_to_subshell
 from .loss_plot import LossPlot, Throttle
 
+# on each cell, as JupyterLab right-aligns the cells of HTML tables (a saved notebook's picture)
+CELL = "vertical-align:top;text-align:left"
 BAR_STYLES = {"completed": "success", "stopped": "warning", "failed": "danger", "interrupted": "warning"}
 
 
@@ -207,14 +209,16 @@ class Dashboard:
 
     def _render_probes(self) -> None:
         rows = "".join(
-            f"<tr><td style='vertical-align:top'>{html.escape(p['prompt'])}<br><small>step {p['step']}</small></td>"
-            f"<td style='vertical-align:top'>{summary.answer_html(p['base'])}</td>"
-            f"<td style='vertical-align:top'>{summary.answer_html(p['adapter'])}</td></tr>"
+            f"<tr><td style='{CELL}'>{html.escape(p['prompt'])}<br><small>step {p['step']}</small></td>"
+            f"<td style='{CELL}'>{summary.answer_html(p['base'])}</td>"
+            f"<td style='{CELL}'>{summary.answer_html(p['adapter'])}</td></tr>"
             for p in self.probe_answers.values()
         )
         self.probes.value = (
             "<table class='lora-magic-probes' style='table-layout:fixed;width:100%;text-align:left'>"
-            "<tr><th>probe</th><th>base</th><th>adapter</th></tr>" + rows + "</table>"
+            f"<tr><th style='{CELL}'>probe</th><th style='{CELL}'>base</th><th style='{CELL}'>adapter</th></tr>"
+            + rows
+            + "</table>"
         )
 
     def __repr__(self) -> str:

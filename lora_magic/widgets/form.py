@@ -24,6 +24,8 @@ TEMPLATE_TEXT = ("prompt_format", "response_format", "system_prompt")  # multi-l
 PATH = "a file path"  # the data dropdown's choice for typing a path instead of a variable
 NO_EVAL = "none (split from data)"
 LABEL = {"description_width": "140px"}
+# ipywidgets 8 renamed description_tooltip to tooltip; hosted runtimes still run 7
+TOOLTIP = "tooltip" if int(w.__version__.split(".")[0]) >= 8 else "description_tooltip"
 _tokenizers: dict[str, Any] = {}
 
 
@@ -74,7 +76,9 @@ class ConfigForm:
         tabs = [
             w.VBox([self._row(f, getattr(config, f.name)) for f in fields]) for fields in sections.values()
         ]
-        self.tabs = w.Tab(children=tabs, titles=list(sections))
+        self.tabs = w.Tab(children=tabs)
+        for index, section in enumerate(sections):
+            self.tabs.set_title(index, section)  # ipywidgets 7 has no `titles`
         self.example = w.HTML()
         self.train_button = w.Button(description="Train", icon="play", button_style="primary")
         self.copy_button = w.Button(
@@ -104,7 +108,7 @@ class ConfigForm:
     # -- building ------------------------------------------------------------------------------
     def _row(self, field: dataclasses.Field, value: Any) -> w.Widget:
         meta, name = field.metadata, field.name
-        common = {"description": name, "style": LABEL, "tooltip": meta["help"]}
+        common = {"description": name, "style": LABEL, TOOLTIP: meta["help"]}
         extra: list[w.Widget] = []
         if name in SOURCES:
             sources = data_sources(self.namespace)

@@ -4,6 +4,10 @@ Foreground: the caller's (main) thread pumps events from a queue into the view u
 ends; a kernel interrupt there stops the run gracefully and the pumping goes on to the end, so the
 adapter is saved and the kernel stays usable. Background: the view is fed by the worker's
 subscriber callback, which only sets widget traits, and `watch` returns at once.
+
+Once the run has ended the dashboard's output is frozen into a static picture (static.py), always
+from the main thread: at the end of the foreground pumping, or for a background run at the end of
+the first cell that finishes after it (`freeze_finished`, run by the extension after every cell).
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ from typing import Any
 
 from .dashboard import Dashboard
 from .frontend import use_widgets
+from .static import Shown
 from .text_progress import TextProgress
+
+_unfrozen: list[tuple[Any, Shown]] = []  # background dashboards, frozen once their run has ended
 
 
 def watch(run: Any, background: bool = False, widgets: bool | None = None) -> Dashboard | None:
@@ -28,16 +35,26 @@ def watch(run: Any, background: bool = False, widgets: bool | None = None) -> Da
             return None
         pump(run, view)
         return None
-    from IPython.display import display
-
     dashboard = Dashboard(run)
     dashboard.bind_controls()
-    display(dashboard.widget)
+    shown = Shown(dashboard.widget)
+    shown.display()
     if background:
         follow(run, dashboard)
+        _unfrozen.append((run, shown))
     else:
-        pump(run, dashboard)
+        try:
+            pump(run, dashboard)
+        finally:
+            shown.freeze()
     return dashboard
+
+
+def freeze_finished() -> None:
+    """Freeze the outputs of background dashboards whose run has ended. Main thread only."""
+    for entry in [entry for entry in _unfrozen if entry[0].done]:
+        _unfrozen.remove(entry)
+        entry[1].freeze()
 
 
 def pump(run: Any, view: Dashboard | TextProgress, poll: float = 0.25) -> None:

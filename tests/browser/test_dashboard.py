@@ -99,7 +99,8 @@ def test_dashboard_stop_and_compare_in_jupyterlab(tmp_path, tiny_model_dir, reco
             expect(columns.nth(1)).to_contain_text(RUN)
             for column in (columns.nth(0), columns.nth(1)):
                 expect(column).to_contain_text("tokens/s", timeout=60_000)
-                assert column.locator(".widget-html").nth(1).inner_text().strip()
+                # its name, its answer, its speed: live, or as the picture the panel leaves once done
+                assert len(column.inner_text().strip().splitlines()) >= 3
             page.locator(".lora-magic-compare").scroll_into_view_if_needed()
             page.screenshot(path=ARTIFACTS / "widgets-3-compare.png")
         except Exception:

@@ -150,21 +150,26 @@ def _until(condition, timeout: float = 60) -> None:
 
 
 def test_with_widgets_compare_and_ui_show_panels(ip, lm, monkeypatch):
-    import ipywidgets
-
-    shown = []
+    shown, outputs = [], []
     monkeypatch.setattr("lora_magic.magics.commands.display", shown.append)
+    monkeypatch.setattr("lora_magic.widgets.static.display", lambda data, **kw: outputs.append(data))
+    monkeypatch.setattr("lora_magic.widgets.static.update_display", lambda data, **kw: outputs.append(data))
     ip.run_line_magic("config", "LoraMagics.widgets = 'on'")
     try:
         ip.run_line_magic("finetune", "--data df --steps 1 --eval-fraction 0 --name w --background").wait()
+        outputs.clear()  # the background dashboard's
         assert (
             ip.run_cell_magic("compare", "--adapters base,w --max-new-tokens 2", "Describe the lamp.") is None
         )
         ip.run_line_magic("lora", "ui")
     finally:
         ip.run_line_magic("config", "LoraMagics.widgets = 'off'")
-    panel, form = shown
-    assert isinstance(panel, ipywidgets.VBox) and "lora-magic-compare" in panel._dom_classes
-    columns = panel.children[4].children
-    assert [c.children[0].value for c in columns] == ["<b>base</b>", "<b>w</b>"]
+    # the panel, live while answering, then its static picture: the prompt and both columns
+    live, frozen = outputs
+    assert "application/vnd.jupyter.widget-view+json" in live
+    assert "application/vnd.jupyter.widget-view+json" not in frozen
+    assert "<i>Describe the lamp.</i>" in frozen["text/html"]
+    assert "<b>base</b>" in frozen["text/html"] and "<b>w</b>" in frozen["text/html"]
+    assert frozen["text/html"].count("tokens/s") == 2
+    (form,) = shown
     assert "lora-magic-form" in form._dom_classes

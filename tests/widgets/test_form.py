@@ -10,6 +10,7 @@ import yaml
 
 from lora_magic.config import RunConfig, field_names, fields_by_section
 from lora_magic.widgets import ConfigForm
+from lora_magic.widgets.form import TOOLTIP
 
 
 @pytest.fixture
@@ -24,10 +25,10 @@ def form_for(namespace, tiny_model_dir, **settings) -> ConfigForm:
 def test_every_setting_has_a_knob_with_its_help(namespace, tiny_model_dir):
     form = form_for(namespace, tiny_model_dir)
     assert set(form.inputs) == set(field_names())
-    assert list(form.tabs.titles) == list(fields_by_section())
+    assert [form.tabs.get_title(i) for i in range(len(form.tabs.children))] == list(fields_by_section())
     for field in dataclasses.fields(RunConfig):
         knob = form.inputs[field.name]
-        assert knob.tooltip == field.metadata["help"]
+        assert getattr(knob, TOOLTIP) == field.metadata["help"]
         if field.metadata["choices"]:
             assert tuple(knob.options) == field.metadata["choices"]
 
