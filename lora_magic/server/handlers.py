@@ -41,6 +41,7 @@ SUMMARY_KEYS = (
     "total_steps",
     "metrics",
     "error",
+    "warning",
     "adapter_path",
 )
 NAME = r"(?P<name>[^/]+)"

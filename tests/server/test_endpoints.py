@@ -162,3 +162,12 @@ async def test_notebook_template_is_a_valid_notebook_using_the_public_api(jp_fet
     assert "lm.train(" in code
     for name in ("train", "preview", "compare"):
         assert f"lm.{name}(" in code and name in lm.__all__
+
+
+async def test_the_listing_carries_a_diverging_runs_warning(jp_fetch, store):
+    make_run(store, "hot", warning="diverging: eval loss 5.0 at step 30 is 62% above its best")
+    make_run(store, "calm")
+
+    runs = {run["name"]: run for run in (await get_json(jp_fetch, "runs"))["runs"]}
+
+    assert runs["hot"]["warning"].startswith("diverging: eval loss 5.0") and runs["calm"]["warning"] is None
