@@ -12,6 +12,7 @@ from nbconvert import HTMLExporter
 from nbformat.v4 import new_code_cell, new_notebook
 
 RUN = "saved-run"
+BACKGROUND = "background-run"
 PROBE = "Describe product 1, the blue kettle."
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
@@ -31,6 +32,10 @@ def executed(tmp_path_factory, tiny_model_dir):
             ),
             new_code_cell("_.status, _.step"),
             new_code_cell(f"%%compare --adapters base,{RUN} --max-new-tokens 8 --temperature 1.0\n{PROBE}"),
+            new_code_cell(
+                f"%%finetune --background\nmodel: {tiny_model_dir}\ndata: records\nname: {BACKGROUND}\nsteps: 3"
+            ),
+            new_code_cell("_.wait().status"),  # the background dashboard is frozen when this cell ends
         ],
         metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
     )
@@ -83,3 +88,11 @@ def test_nbconvert_html_shows_the_plot_the_summary_and_the_answers(executed):
         assert f"<b>{name}</b>" in compare
     assert compare.count(" tokens, ") == 2  # each column with its answer's length and speed
     assert "Error displaying widget" not in page and "Loading widget" not in page
+
+
+def test_a_background_dashboard_is_frozen_after_the_cell_that_saw_its_run_end(executed):
+    (dashboard,) = executed.cells[4].outputs
+    assert WIDGET_VIEW not in dashboard.data
+    assert f"Run {BACKGROUND} completed after 3/3 steps" in dashboard.data["text/plain"]
+    assert "data:image/png;base64," in dashboard.data["text/html"]
+    assert executed.cells[5].outputs[0].data["text/plain"] == "'completed'"
