@@ -16,6 +16,8 @@ from typing import Any
 
 FORMAT = "{desc}: {n_fmt}/{total_fmt} [{elapsed}]"
 _receiver: tuple[int, Callable[[str], None]] | None = None  # (thread id, show) while one_line is open
+_routed = False
+_previous_hook: Callable[..., Any] | None = None  # a hook set before ours, still used outside one_line
 
 
 @contextlib.contextmanager
@@ -29,11 +31,12 @@ def one_line(show: Callable[[str], None]) -> Iterator[None]:
 
 
 def route_transformers() -> None:
-    """Have transformers create its progress bars through `_bar` (idempotent)."""
+    """Have transformers create its progress bars through `_bar` (once; older versions have no hook)."""
+    global _routed, _previous_hook
     from transformers.utils import logging
 
-    if hasattr(logging, "set_tqdm_hook") and getattr(logging, "_tqdm_hook", None) is not _bar:
-        logging.set_tqdm_hook(_bar)
+    if not _routed and hasattr(logging, "set_tqdm_hook"):
+        _previous_hook, _routed = logging.set_tqdm_hook(_bar), True
 
 
 def _bar(factory: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
@@ -41,7 +44,7 @@ def _bar(factory: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
 
     receiver = _receiver
     if receiver is None or receiver[0] != threading.get_ident() or not logging.is_progress_bar_enabled():
-        return factory(*args, **kwargs)
+        return _previous_hook(factory, args, kwargs) if _previous_hook else factory(*args, **kwargs)
     return _line_bar()(*args, show=receiver[1], **kwargs)
 
 
