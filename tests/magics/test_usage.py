@@ -13,10 +13,12 @@ from lora_magic.magics.commands import COMMANDS
 
 
 def test_loading_the_extension_imports_nothing_heavy():
+    # nor the server side: Jupyter Server imports lora_magic.server itself, where it runs
+    heavy = ("torch", "transformers", "peft", "trl", "ipywidgets", "jupyter_server", "jupyterlab")
     code = (
         "import sys; from IPython.testing.globalipapp import get_ipython; "
         "get_ipython().extension_manager.load_extension('lora_magic'); "
-        "print('heavy:', sorted(m for m in ('torch', 'transformers', 'peft', 'trl', 'ipywidgets') if m in sys.modules))"
+        f"print('heavy:', sorted(m for m in {heavy!r} if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "heavy: []\n" in out  # IPython 7 may write a terminal title before it
