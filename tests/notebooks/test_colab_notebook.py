@@ -40,6 +40,9 @@ def check(name: str, line: str, body: str | None = None) -> None:
     elif name == "lora":
         words = split(line)
         parse(lookup(words[0]).parser, words[1:])
+    elif name == "config":
+        owner, _, setting = line.partition("=")[0].strip().partition(".")
+        assert owner == "LoraMagics" and setting in LoraMagics.class_traits(config=True), line
     else:
         assert globalipapp.get_ipython().find_magic(name), f"no magic %{name}"
 
@@ -52,11 +55,12 @@ def test_the_colab_notebook_is_valid_and_uses_only_real_magics_and_settings():
     for name, arguments in calls:
         check(name, *arguments)
     used = [(name, arguments[0].split()[0] if name == "lora" else "") for name, arguments in calls]
-    assert used[:2] == [("pip", ""), ("load_ext", "")]
+    assert used[:3] == [("pip", ""), ("load_ext", ""), ("config", "")]
     for step in [("finetune", ""), ("compare", ""), ("lora", "merge")]:
         assert step in used
+    model = calls[2][1][0].partition("=")[2].split("#")[0].strip().strip('"')
+    assert model.count("/") == 1  # a Hub id, the default of every magic
     finetune = next(arguments for name, arguments in calls if name == "finetune")
     settings = read_body(finetune[1])
     assert settings["quantization"] == "4bit" and settings["device"] == "cuda"
-    assert settings["model"].count("/") == 1  # a Hub id
     assert any("drive.mount(" in cell.source for cell in nb.cells)
