@@ -82,11 +82,12 @@ def _html(widget: w.Widget) -> str:
         parts = [part for part in (_html(child) for child in widget.children) if part]
         if not parts:
             return ""
-        classes = html.escape(" ".join(widget._dom_classes))  # the picture keeps the widget's classes
+        # the picture keeps the widget's classes, so what styles or finds the widget finds it too
+        classes = f" class='{html.escape(' '.join(widget._dom_classes))}'" if widget._dom_classes else ""
         if isinstance(widget, w.HBox):
             cells = "".join(f"<div style='flex:1 1 0;min-width:0'>{part}</div>" for part in parts)
-            return f"<div class='{classes}' style='display:flex;gap:1em;align-items:flex-start'>{cells}</div>"
-        return f"<div class='{classes}'>" + "".join(f"<div>{part}</div>" for part in parts) + "</div>"
+            return f"<div{classes} style='display:flex;gap:1em;align-items:flex-start'>{cells}</div>"
+        return f"<div{classes}>" + "".join(f"<div>{part}</div>" for part in parts) + "</div>"
     if isinstance(widget, w.HTML | w.HTMLMath):
         return widget.value
     if isinstance(widget, w.Label):
