@@ -141,7 +141,8 @@ class Shapes:
     key_value_width: int
     heads: int
     vocab: int
-    lora_width_per_layer: float  # per decoder layer: Σ over adapted layers of (in_features + r)
+    adapted_per_layer: float  # adapted layers per decoder layer
+    adapted_inputs_per_layer: float  # their in_features, summed
 
 
 def read_model_config(config: RunConfig) -> Any:
@@ -192,14 +193,14 @@ def shapes(config: RunConfig) -> Shapes:
     trainable, total = peft_model.get_nb_trainable_parameters()
 
     by_kind: dict[str, int] = {}
-    lora_width = 0
+    adapted = inputs = 0
     for name, parameter in peft_model.named_parameters():
         if parameter.requires_grad:
             kind = name.split(".lora_")[0].rsplit(".", 1)[-1] if ".lora_" in name else name.rsplit(".", 1)[-1]
             by_kind[kind] = by_kind.get(kind, 0) + parameter.numel()
     for name, module in peft_model.named_modules():
         if hasattr(module, "lora_A") and "lm_head" not in name and module.lora_A:
-            lora_width += module.in_features + config.r
+            adapted, inputs = adapted + 1, inputs + module.in_features
 
     text = model_config.get_text_config()
     hidden = text.hidden_size
@@ -232,7 +233,8 @@ def shapes(config: RunConfig) -> Shapes:
         key_value_width=kv_heads * head_size,
         heads=heads,
         vocab=text.vocab_size,
-        lora_width_per_layer=lora_width / layers,
+        adapted_per_layer=adapted / layers,
+        adapted_inputs_per_layer=inputs / layers,
     )
 
 
@@ -276,8 +278,8 @@ def activation_bytes(shapes: Shapes, config: RunConfig, hardware: Hardware, on: 
 
     Per token and decoder layer it keeps the residual stream and the normalised inputs (float32 in
     the norms), the attention's query, key, value and output, the MLP's projections and activation,
-    and for each adapted layer its (dropped-out) input and its rank-r projection. Flash / SDPA
-    attention keeps no (length × length) scores. Checkpointing keeps a layer's input only and
+    and for each adapted layer its dropped-out input, the dropout's mask and its rank-r projection.
+    Flash / SDPA attention keeps no (length × length) scores. Checkpointing keeps a layer's input only and
     recomputes one layer at a time.
     """
     tokens = config.batch_size * config.max_length
@@ -285,7 +287,8 @@ def activation_bytes(shapes: Shapes, config: RunConfig, hardware: Hardware, on: 
     norms = (2 * shapes.hidden + 2) * 4 + 2 * shapes.hidden * act
     attention = (2 * shapes.query_width + 2 * shapes.key_value_width) * act + shapes.heads * 4
     mlp = (3 if shapes.gated_mlp else 2) * shapes.intermediate * act
-    lora = shapes.lora_width_per_layer * act
+    inputs = shapes.adapted_inputs_per_layer
+    lora = inputs * (act + 1) + shapes.adapted_per_layer * config.r * act
     layer = tokens * (norms + attention + mlp + lora)
     kept = (
         shapes.layers * tokens * shapes.hidden * act + layer

@@ -12,6 +12,8 @@ its level before the steps (Linux: the kernel's high-water mark, reset before th
 from __future__ import annotations
 
 import gc
+import itertools
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +23,9 @@ from .config import RunConfig
 from .errors import RunError
 from .planning import Measurement
 
-STEPS = 3  # the first one warms up (and allocates the optimizer state); the others are timed
+# The first step warms up and allocates the optimizer state; the time of a step is the median of the
+# others, which a busy machine disturbs least.
+STEPS = 4
 STATUS = Path("/proc/self/status")
 
 
@@ -56,7 +60,7 @@ def measure(config: RunConfig) -> Measurement:
     if run.status != "completed":
         return Measurement(peak, None, device, error=run.error)
     times = [event["elapsed"] for event in run.events if event["type"] == "log"]
-    per_step = (times[-1] - times[0]) / (len(times) - 1) * config.grad_accum
+    per_step = statistics.median(b - a for a, b in itertools.pairwise(times)) * config.grad_accum
     return Measurement(peak, per_step, device)
 
 
@@ -67,7 +71,9 @@ def _train_steps(config: RunConfig) -> Any:
     from .generation import session
 
     filler = " ".join(["lamp"] * config.max_length)  # at least one token a word: truncated to max_length
-    records = [{"instruction": "Describe the lamp.", "response": filler}] * (config.batch_size * STEPS)
+    records = [
+        {"instruction": f"Describe lamp {i}.", "response": filler} for i in range(config.batch_size * STEPS)
+    ]
     name = f"preflight-{time.strftime('%Y%m%d-%H%M%S')}"
     steps_config = config.replace(
         name=name,
@@ -75,6 +81,7 @@ def _train_steps(config: RunConfig) -> Any:
         eval_data=None,
         eval_fraction=0.0,
         max_examples=None,
+        dedup="none",
         template="alpaca",
         instruction_field="instruction",
         input_field="input",
