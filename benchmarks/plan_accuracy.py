@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/plan_accuracy.py [--model smollm2-135m] [--device cpu]
 
 Each row is `lm.plan(..., measure=True)` in a fresh Python process (so no earlier row's memory
-is reused): three real steps of batch_size × max_length tokens through the trainer. On a GPU the
+is reused): four real steps of batch_size × max_length tokens through the trainer. On a GPU the
 measured peak is torch's peak allocation; on a CPU the loaded weights plus the rise of the
 process's resident memory during the steps. Prints a Markdown table.
 """

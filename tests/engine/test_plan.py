@@ -189,7 +189,7 @@ print(json.dumps({"estimate": plan.comparable_bytes, "measured": plan.measured.p
 def estimate_and_measurement(**settings) -> tuple[float, float]:
     """`lm.plan(..., measure=True)` on the CPU in a fresh process, so that no memory an earlier test
     left to the allocator hides the rise: the measured peak is the loaded weights plus how far the
-    resident memory (RSS) rose during three real training steps."""
+    resident memory (RSS) rose during four real training steps."""
     command = [sys.executable, "-c", MEASURE, json.dumps({"device": "cpu", **settings})]
     row = json.loads(
         subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1]
