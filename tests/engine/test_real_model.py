@@ -64,9 +64,13 @@ def test_lora_learns_the_format_the_base_does_not_follow(tuned):
     assert all(ends_with_terminator(a[run.name]) for a in answers), answers
 
 
-def test_qlora_4bit_learns_the_format(tuned):
+def test_qlora_4bit_learns_the_format_as_fast_as_float32(tuned):
+    """On a 2-core AMD EPYC with AVX512-BF16 the eval loss went 3.65 -> 0.54 in 4-bit against
+    3.46 -> 0.55 in float32; before 4-bit layers were kept trainable (models.py) it diverged to 5.0."""
+    full_precision = tuned("none").eval_losses[-1][1]
     run = tuned("4bit")
     assert_eval_loss_fell(run)
+    assert abs(run.eval_losses[-1][1] - full_precision) <= 0.1 * full_precision, run.eval_losses
     # The base's answers are checked in full precision above: on a CPU every 4-bit token costs a
     # dequantisation of all the weights, and the base never stops early.
     answers = [lm.compare(prompt, adapters=[run.name], max_new_tokens=60) for prompt in HELD_OUT]
