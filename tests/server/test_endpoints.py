@@ -69,11 +69,11 @@ async def test_empty_store_lists_no_runs(jp_fetch, runs_dir):
 
 
 async def test_one_run_gives_config_status_and_metrics(jp_fetch, store):
-    make_run(store, "r1.v2_a-b", metrics={"eval_loss": 0.9}, adapter_path="/x/adapter")
+    make_run(store, "r1-v2_a-b", metrics={"eval_loss": 0.9}, adapter_path="/x/adapter")
 
-    record = await get_json(jp_fetch, "runs", "r1.v2_a-b")
+    record = await get_json(jp_fetch, "runs", "r1-v2_a-b")
 
-    assert record["name"] == "r1.v2_a-b"
+    assert record["name"] == "r1-v2_a-b"
     assert record["status"] == "completed"
     assert record["config"] == {"model": "tiny", "steps": 10, "r": 8}
     assert record["metrics"] == {"eval_loss": 0.9}
