@@ -38,6 +38,14 @@ class RunConfig:
     name: str | None = setting(
         None, "Run name: the folder under the run store. Default: <model>-<date>-<time>.", "run"
     )
+    tracking: str = setting(
+        "none",
+        "Where the run is also logged: 'none', 'mlflow' (params, step metrics, evaluation, adapter; a "
+        "local store beside the run store unless MLFLOW_TRACKING_URI is set) or 'tensorboard' (event "
+        "files in the run folder). Needs the extra: pip install lora_magic[mlflow] / [tensorboard].",
+        "run",
+        choices=("none", "mlflow", "tensorboard"),
+    )
     # -- model -------------------------------------------------------------------------------
     model: str = setting(
         "smollm2-135m",
@@ -173,6 +181,12 @@ class RunConfig:
     )
     seed: int = setting(42, "Random seed for data order, dropout and initialisation.", "train")
     eval_every: int = setting(0, "Evaluate every N steps. 0: about ten times per run.", "train")
+    evaluate: bool = setting(
+        False,
+        "At the end, answer the eval prompts greedily with the base and the adapter and score them "
+        "(eval loss, token-F1, ROUGE-L, exact match, terminator): what %lora eval does.",
+        "train",
+    )
     save_every: int = setting(
         0, "Save a resumable checkpoint every N steps. 0: none before the end.", "train"
     )

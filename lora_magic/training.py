@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from transformers import PrinterCallback, TrainerCallback
 
-from . import models, planning
+from . import models, planning, tracking
 from .adapter_card import adapter_card
 from .config import RunConfig
 from .data import Prepared, prepare, prompt_for
@@ -422,6 +422,7 @@ def _work(run: Run, prepared: Prepared, resume_from: Path | None) -> None:
             run._restore_best()
         card = adapter_card(run.store.read(run.name), run.metrics)
         shared.save_adapter(run.name, run.path / "adapter", card=card)
+        tracking.finish(run)
         stopped = run._stop_wanted() and run.step < run.total_steps
         run._end(
             STOPPED if stopped else COMPLETED,
@@ -511,7 +512,7 @@ def _build_trainer(run: Run, model: Any, tokenizer: Any, prepared: Prepared) -> 
         train_dataset=datasets.Dataset.from_list(prepared.train),
         eval_dataset=datasets.Dataset.from_list(prepared.eval) if has_eval else None,
         processing_class=tokenizer,
-        callbacks=[RunCallback(run)],
+        callbacks=[RunCallback(run), *tracking.callbacks(run)],
     )
     trainer.remove_callback(PrinterCallback)  # progress goes through run events, not stdout
     return trainer

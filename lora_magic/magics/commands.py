@@ -481,4 +481,4 @@ def merge(magics: LoraMagics, args: Any) -> Any:
     return session().merge(str(args.run), args.out, runs_dir=magics.runs_root)
 
 
-from . import data, export, plan  # noqa: E402,F401  (each module registers its subcommands)
+from . import data, diff, experiments, export, plan  # noqa: E402,F401  (each module registers its subcommands)

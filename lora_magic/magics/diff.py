@@ -1,0 +1,1 @@
+"""`%lora diff`: runs side by side."""

@@ -1,0 +1,1 @@
+"""`%lora eval` and sweeps: experiments over several runs."""
