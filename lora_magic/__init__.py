@@ -46,6 +46,7 @@ _LAZY = {
     "load_base": "models",
     "resolve_model": "models",
     "plan": "planning",
+    "diff": "diffing",
 }
 
 __all__ = [
