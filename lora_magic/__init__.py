@@ -47,6 +47,8 @@ _LAZY = {
     "resolve_model": "models",
     "plan": "planning",
     "diff": "diffing",
+    "evaluate": "evaluation",
+    "sweep": "sweep",
 }
 
 __all__ = [

@@ -33,7 +33,8 @@ PROBE = "probe"  # step, prompt, base, adapter
 CHECKPOINT = "checkpoint"  # step, path
 WARNING = "warning"  # kind, step, message: the run is going wrong (diverging, loss not finite)
 ROLLBACK = "rollback"  # step, eval_loss: the adapter went back to its best weights
-EVENT_TYPES = (STATUS, LOG, EVAL, PROBE, CHECKPOINT, WARNING, ROLLBACK)
+EVALUATION = "evaluation"  # step, rows; then also metrics {model: {metric: value}} once scored
+EVENT_TYPES = (STATUS, LOG, EVAL, PROBE, CHECKPOINT, WARNING, ROLLBACK, EVALUATION)
 
 
 def current(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

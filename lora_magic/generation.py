@@ -388,26 +388,26 @@ class Session:
         """`name`'s answer to `text` (the base with adapters off); the adapter in use stays in use."""
         self.model.eval()
         start = time.perf_counter()
+        with self.answering_as(name):
+            answer, count = generate_text(
+                self.model, self.tokenizer, text, max_new_tokens, temperature, top_p, on_text
+            )
+        return Answer(name, answer, count, time.perf_counter() - start)
+
+    @contextlib.contextmanager
+    def answering_as(self, name: str) -> Iterator[None]:
+        """The model answers as adapter `name` (the base: adapters disabled) inside the block; the
+        adapter in use stays in use. The caller holds the lease (or is the run that holds it)."""
         try:
             if name == BASE:
-                with self._adapters_off():
-                    answer, count = generate_text(
-                        self.model, self.tokenizer, text, max_new_tokens, temperature, top_p, on_text
-                    )
+                with self.model.disable_adapter() if self.adapters else contextlib.nullcontext():
+                    yield
             else:
                 self.model.set_adapter(name)
-                answer, count = generate_text(
-                    self.model, self.tokenizer, text, max_new_tokens, temperature, top_p, on_text
-                )
+                yield
         finally:
             if self.active != BASE:
                 self.model.set_adapter(self.active)
-        return Answer(name, answer, count, time.perf_counter() - start)
-
-    def _adapters_off(self):
-        from contextlib import nullcontext
-
-        return self.model.disable_adapter() if self.adapters else nullcontext()
 
     def _templated(self, prompt: str, names: list[str]) -> str:
         configs = [self.adapters[n].config for n in names if n != BASE and self.adapters[n].config]

@@ -35,6 +35,7 @@ from .errors import ConfigError, RunError
 from .events import (
     ACTIVE,
     COMPLETED,
+    EVALUATION,
     FAILED,
     INTERRUPTED,
     PAUSED,
@@ -263,9 +264,19 @@ def manager() -> TrainingManager:
 
 
 # -- starting runs -----------------------------------------------------------------------------------
-def train(config: RunConfig | None = None, /, *, runs_dir: str | Path | None = None, **settings: Any) -> Run:
-    """Start fine-tuning in the background and return the Run; `run.wait()` blocks until it ends."""
+def train(
+    config: RunConfig | None = None,
+    /,
+    *,
+    runs_dir: str | Path | None = None,
+    sweep: dict[str, Any] | None = None,
+    **settings: Any,
+) -> Run:
+    """Start fine-tuning in the background and return the Run; `run.wait()` blocks until it ends.
+
+    `sweep` ({name, knobs}) is recorded in run.json when the run is part of a sweep (sweep.py)."""
     config = (config or RunConfig()).replace(**settings)
+    tracking.check(config)
     store = RunStore(runs_dir)
     _manager.ensure_idle()
     shared = session()
@@ -295,6 +306,8 @@ def train(config: RunConfig | None = None, /, *, runs_dir: str | Path | None = N
         "versions": _versions(),
         "data_fingerprint": prepared.fingerprint,
         "cleaning": prepared.cleaning,
+        "examples": {"train": len(prepared.train_records), "eval": len(prepared.eval_records)},
+        "sweep": sweep,
         "base_fingerprint": models.base_fingerprint(shared.resolved),
         "targets": targets,
         "plan": planning.record(config),  # the estimate, to compare with the run's peak memory
@@ -339,6 +352,7 @@ def resume(name: str, config: RunConfig | None = None, *, runs_dir: str | Path |
             f"run {name!r} has no complete checkpoint to resume from (set save_every to keep checkpoints)"
         )
     stored = stored_config(record)
+    tracking.check(stored)
     if config is not None:
         changed = [
             key
@@ -404,6 +418,7 @@ def _versions() -> dict[str, str]:
 def _work(run: Run, prepared: Prepared, resume_from: Path | None) -> None:
     shared = session()
     try:
+        _reset_peak_memory()
         trainer = _build_trainer(run, shared.model, shared.tokenizer, prepared)
         run.trainable_params, run.total_params = shared.model.get_nb_trainable_parameters()
         run.store.update(
@@ -420,10 +435,11 @@ def _work(run: Run, prepared: Prepared, resume_from: Path | None) -> None:
             run.metrics["best_eval_loss"], run.metrics["best_step"] = run.best.eval_loss, run.best.step
         if run._rollback_wanted:
             run._restore_best()
+        stopped = run._stop_wanted() and run.step < run.total_steps
+        if run.config.evaluate and not stopped:
+            _evaluate(run, prepared)
         card = adapter_card(run.store.read(run.name), run.metrics)
         shared.save_adapter(run.name, run.path / "adapter", card=card)
-        tracking.finish(run)
-        stopped = run._stop_wanted() and run.step < run.total_steps
         run._end(
             STOPPED if stopped else COMPLETED,
             metrics=run.metrics,
@@ -445,12 +461,31 @@ def _work(run: Run, prepared: Prepared, resume_from: Path | None) -> None:
         run.error = str(no_space(error, run.store.root) or f"{type(error).__name__}: {error}")
         run._end(FAILED, error=run.error, finished=time.time())
     finally:
+        tracking.finish(run)  # also of a failed run, which its tracker then shows as failed
         with contextlib.suppress(OSError):
             run.store.clear_stop_request(run.name)
         trainer = None  # with its optimizer state, so that the memory can go back
         _release_memory()
         shared.release(_lease(run))
         run._done.set()
+
+
+def _evaluate(run: Run, prepared: Prepared) -> None:
+    """Score the base and the new adapter on the run's eval split (what %lora eval does); the
+    adapter's scores join the run's metrics."""
+    from . import evaluation
+
+    if not prepared.eval_records:
+        run._warn("no-evaluation", run.step, "evaluate is on, but the run has no eval split to score")
+        return
+    examples = evaluation.examples_for(prepared.eval_records, run.config, session().tokenizer, None)
+    run.publish({"type": EVALUATION, "step": run.step, "rows": len(examples)})
+    tokens = evaluation.answer_budget(examples, session().tokenizer)
+    scored = evaluation.score([run.name], examples, run.config, tokens)
+    result = evaluation.Evaluation.of("the run's eval split", tokens, examples, scored)
+    evaluation.save(run.store, run.name, result, list(scored))
+    run.metrics.update({k: v for k, v in scored[run.name][0].items() if k != "eval_loss"})
+    run.publish({"type": EVALUATION, "step": run.step, "rows": len(examples), "metrics": result.metrics})
 
 
 def _release_memory() -> None:
@@ -674,7 +709,19 @@ def _adapter_weights(name: str) -> dict[str, torch.Tensor]:
     return {key: value.detach().clone() for key, value in state.items()}
 
 
+def _reset_peak_memory() -> None:
+    """Start measuring a run's peak memory afresh, so that each run of a kernel reports its own."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return
+    with contextlib.suppress(OSError):  # Linux: "5" resets the process's peak resident set size
+        Path("/proc/self/clear_refs").write_text("5")
+
+
 def _peak_memory_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
+    with contextlib.suppress(OSError, StopIteration):  # Linux: VmHWM, the peak since the last reset
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("VmHWM:")).split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

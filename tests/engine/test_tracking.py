@@ -140,10 +140,13 @@ def test_a_tensorboard_run_writes_the_loss_scalars_in_the_run_folder(tiny_model_
 
 
 @pytest.mark.parametrize("tracker", ["mlflow", "tensorboard"])
-def test_a_missing_extra_is_refused_with_the_install_command(tracker, monkeypatch):
+def test_a_missing_extra_is_refused_before_the_run_starts(
+    tracker, monkeypatch, tiny_model_dir, records, runs_dir
+):
     monkeypatch.setitem(sys.modules, tracker, None)  # `import <tracker>` now fails as if not installed
     with pytest.raises(ConfigError, match=rf'needs {tracker}.*pip install "lora_magic\[{tracker}\]"'):
-        tracking.check(RunConfig(tracking=tracker))
+        lm.train(model=tiny_model_dir, data=records, steps=1, tracking=tracker, name="untracked")
+    assert not runs_dir.exists() or not any(runs_dir.iterdir())
     tracking.check(RunConfig())
 
 
