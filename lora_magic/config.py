@@ -113,7 +113,11 @@ class RunConfig:
         0.1, "Share of data held out for evaluation when eval_data is not given (0 for none).", "data"
     )
     max_examples: int | None = setting(
-        None, "Use only the first N training examples (to see how much data matters).", "data", type=int
+        None,
+        "Train on a seeded random subset of N examples, chosen after cleaning and the eval split (to "
+        "see how much data matters; sweep it: max_examples: [100, 500, null]).",
+        "data",
+        type=int,
     )
     max_length: int = setting(512, "Longest example in tokens; longer ones are truncated.", "data")
     train_on_prompt: bool = setting(

@@ -120,8 +120,9 @@ def split_records(config: RunConfig, train: list[dict] | None = None) -> tuple[l
         evaluation, train = [train[i] for i in sorted(order[:cut])], [train[i] for i in sorted(order[cut:])]
     else:
         evaluation = []
-    if config.max_examples:
-        train = train[: config.max_examples]
+    if config.max_examples and config.max_examples < len(train):  # a seeded subset, in data order
+        kept = sorted(random.Random(config.seed).sample(range(len(train)), config.max_examples))
+        train = [train[i] for i in kept]
     return train, [dict(r) for r in evaluation]
 
 

@@ -82,13 +82,17 @@ class LoraMagics(Magics):
         Settings come from the options and/or a YAML body with the same names (options win),
         e.g. `%%finetune --steps 60` over `data: df` / `template: alpaca` / `r: 16`. A value
         `{x}` is the notebook variable x; data may also name a variable plainly (`data: df`).
+        A `sweep:` block of settings with lists of values (`sweep: {r: [8, 16]}`) trains every
+        combination one after another and returns the sweep, whose table compares them.
         Training blocks with a live dashboard (interrupt = graceful stop) unless --background.
         """
         args = self.parse(self.finetune, split(line))
         if args is None:
             return None
         with user_errors("%%finetune"), self.cells.progress_line():
-            body = {key: self.variables.expand(value, key) for key, value in read_body(cell).items()}
+            body = read_body(cell)
+            grid = body.pop("sweep", None)
+            body = {key: self.variables.expand(value, key) for key, value in body.items()}
             config = self.run_config({**body, **config_values(args)})
             if args.preview:
                 from ..data import preview
@@ -100,6 +104,8 @@ class LoraMagics(Magics):
                 return plan(config, gpu=args.plan)
             import lora_magic
 
+            if grid is not None:
+                return self.run_sweep(config, grid, args.background)
             run = lora_magic.train(config, runs_dir=self.runs_root)
             self.last_config = config
             self.watch(run, background=args.background)
@@ -175,6 +181,17 @@ class LoraMagics(Magics):
 
             return use_widgets()
         return self.widgets == "on"
+
+    def run_sweep(self, config: RunConfig, grid: Any, background: bool) -> Any:
+        """Train the runs of a `sweep:` block one after another, with one view that follows them."""
+        from ..sweep import sweep
+        from ..widgets import watch_sweep
+
+        started = sweep(config, grid=grid, runs_dir=self.runs_root)
+        self.last_config = config
+        watch_sweep(started, background=background, widgets=self.use_widgets())
+        self.cells.shown.append(started)
+        return started
 
     def watch(self, run: Any, background: bool) -> None:
         from ..widgets import watch

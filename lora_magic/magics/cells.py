@@ -1,8 +1,8 @@
 """What a cell shows around a magic's own output, in a kernel (a notebook frontend):
 
 - transformers' progress bars (loading weights, writing model shards) as one updating line;
-- no `<Run ...>` echo under the dashboard or text progress that the same cell shows of that run
-  (the run is still the cell's result: `_`, `Out[n]`, `run = %finetune ...`);
+- no `<Run ...>` (or sweep) echo under the dashboard or text progress that the same cell shows of
+  it (it is still the cell's result: `_`, `Out[n]`, `run = %finetune ...`);
 - dashboards of background runs frozen into their static picture once the run has ended, at the
   end of the next cell (widgets/watch.py).
 
@@ -28,7 +28,7 @@ class CellOutput:
     def __init__(self, shell: Any):
         self.shell = shell
         self.in_kernel = getattr(shell, "kernel", None) is not None
-        self.shown: list[Any] = []  # runs that this cell already shows
+        self.shown: list[Any] = []  # runs and sweeps that this cell already shows
 
     def register(self) -> None:
         if not self.in_kernel:
@@ -37,6 +37,7 @@ class CellOutput:
         self.shell.events.register("post_run_cell", self._cell_done)
         formatter = self.shell.display_formatter.ipython_display_formatter
         formatter.for_type_by_name("lora_magic.training", "Run", self._display_run)
+        formatter.for_type_by_name("lora_magic.sweep", "Sweep", self._display_run)
 
     @contextlib.contextmanager
     def progress_line(self) -> Iterator[None]:
@@ -66,7 +67,10 @@ class CellOutput:
 
     def _display_run(self, run: Any) -> None:
         if not any(run is shown for shown in self.shown):
-            display({"text/plain": repr(run)}, raw=True)
+            data = {"text/plain": repr(run)}
+            if hasattr(run, "_repr_html_"):  # a sweep's table
+                data["text/html"] = run._repr_html_()
+            display(data, raw=True)
 
 
 def cell_output(shell: Any) -> CellOutput:

@@ -5,6 +5,7 @@ ComparePanel(prompt).generate() base and adapters side by side, streaming
 ChatPanel(conversation)        a conversation with the base or an adapter, switchable between turns
 ConfigForm(namespace)          every RunConfig setting as a form; .to_cell() gives a %%finetune cell
 Shown(widget).display()        a widget with a static picture of itself in the same output; .freeze()
+watch_sweep(sweep)             a sweep's current run dashboard over its finished runs' curves, and its table
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .form import ConfigForm
 from .frontend import use_widgets
 from .loss_plot import LossPlot, Throttle
 from .static import Shown
+from .sweep import SweepView, watch_sweep
 from .text_progress import TextProgress
 from .watch import watch
 
@@ -26,8 +28,10 @@ __all__ = [
     "Dashboard",
     "LossPlot",
     "Shown",
+    "SweepView",
     "TextProgress",
     "Throttle",
     "use_widgets",
     "watch",
+    "watch_sweep",
 ]

@@ -69,6 +69,12 @@ class LossPlot:
         (self.eval_line,) = self.axes.plot([], [], "o-", color="tab:orange", label="eval")
         self.axes.legend(loc="upper right", fontsize="small")
 
+    def add_reference(self, label: str, losses: list[tuple[int, float]]) -> None:
+        """Another run's smoothed train loss, drawn faintly behind this run's (a sweep's finished runs)."""
+        steps = [s for s, _ in losses]
+        self.axes.plot(steps, smooth([v for _, v in losses], self.smoothing), "--", alpha=0.6, label=label)
+        self.axes.legend(loc="upper right", fontsize="x-small")
+
     def add(self, event: dict) -> bool:
         """Take a run event; True if it changed the curves."""
         if event["type"] == "log" and event.get("loss") is not None:
@@ -80,12 +86,7 @@ class LossPlot:
         return False
 
     def smoothed(self) -> list[float]:
-        """Exponential moving average, debiased so the first points aren't pulled towards zero."""
-        out, average = [], 0.0
-        for i, (_, loss) in enumerate(self.train, 1):
-            average = self.smoothing * average + (1 - self.smoothing) * loss
-            out.append(average / (1 - self.smoothing**i))
-        return out
+        return smooth([loss for _, loss in self.train], self.smoothing)
 
     def png(self) -> bytes:
         steps = [s for s, _ in self.train]
@@ -100,3 +101,12 @@ class LossPlot:
 
     def _repr_png_(self) -> bytes:
         return self.png()
+
+
+def smooth(values: list[float], smoothing: float) -> list[float]:
+    """Exponential moving average, debiased so the first points aren't pulled towards zero."""
+    out, average = [], 0.0
+    for i, value in enumerate(values, 1):
+        average = smoothing * average + (1 - smoothing) * value
+        out.append(average / (1 - smoothing**i))
+    return out

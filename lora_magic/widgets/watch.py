@@ -21,7 +21,7 @@ from .frontend import use_widgets
 from .static import Shown
 from .text_progress import TextProgress
 
-_unfrozen: list[tuple[Any, Shown]] = []  # background dashboards, frozen once their run has ended
+_unfrozen: list[tuple[Any, Shown]] = []  # background views, frozen once their run or sweep has ended
 
 
 def watch(run: Any, background: bool = False, widgets: bool | None = None) -> Dashboard | None:
@@ -41,13 +41,18 @@ def watch(run: Any, background: bool = False, widgets: bool | None = None) -> Da
     shown.display()
     if background:
         follow(run, dashboard)
-        _unfrozen.append((run, shown))
+        remember_until_done(run, shown)
     else:
         try:
             pump(run, dashboard)
         finally:
             shown.freeze()
     return dashboard
+
+
+def remember_until_done(work: Any, shown: Shown) -> None:
+    """Freeze `shown` at the end of the first cell after `work` (a run, a sweep) is done."""
+    _unfrozen.append((work, shown))
 
 
 def freeze_finished() -> None:

@@ -82,6 +82,15 @@ def test_eval_split_is_seeded_or_taken_from_the_datasetdict(records):
     assert len(split_records(RunConfig(data=records, max_examples=5))[0]) == 5
 
 
+def test_max_examples_is_a_seeded_subset_of_the_training_rows(records):
+    full, evaluation = split_records(RunConfig(data=records, eval_fraction=0.25))
+    some, same_evaluation = split_records(RunConfig(data=records, eval_fraction=0.25, max_examples=5))
+    assert same_evaluation == evaluation and len(some) == 5
+    assert [r for r in full if r in some] == some and some != full[:5]  # drawn from all, kept in order
+    assert split_records(RunConfig(data=records, eval_fraction=0.25, max_examples=5))[0] == some
+    assert split_records(RunConfig(data=records, eval_fraction=0.25, max_examples=5, seed=1))[0] != some
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
