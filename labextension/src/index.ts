@@ -9,6 +9,7 @@ import { ILauncher } from '@jupyterlab/launcher';
 import { IStatusBar } from '@jupyterlab/statusbar';
 
 import { requestAPI } from './api';
+import { diffCell } from './compare';
 import { RunDetail } from './detail';
 import { loraIcon } from './icon';
 import { activeRun, RunsModel } from './model';
@@ -19,6 +20,7 @@ const COMMANDS = {
   newNotebook: 'lora-magic:new-notebook',
   openRun: 'lora-magic:open-run',
   stopRun: 'lora-magic:stop-run',
+  compareRuns: 'lora-magic:compare-runs',
   showRuns: 'lora-magic:show-runs'
 };
 
@@ -53,7 +55,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
 
     const sidebar = new RunsSidebar(model, {
       open: name => void app.commands.execute(COMMANDS.openRun, { name }),
-      stop: name => void app.commands.execute(COMMANDS.stopRun, { name })
+      stop: name => void app.commands.execute(COMMANDS.stopRun, { name }),
+      compare: names => void app.commands.execute(COMMANDS.compareRuns, { names: [...names] })
     });
     sidebar.id = 'lora-magic-runs';
     sidebar.title.icon = loraIcon;
@@ -93,6 +96,24 @@ const plugin: JupyterFrontEndPlugin<void> = {
           await showErrorMessage('Could not stop the run', String(error));
         }
         await model.refresh();
+      }
+    });
+
+    app.commands.addCommand(COMMANDS.compareRuns, {
+      label: 'Compare LoRA runs in the notebook',
+      execute: async args => {
+        // The notebook commands act on the notebook used last, and bring it to the front.
+        const notebooks = Array.from(app.shell.widgets('main')).filter(w => w.hasClass('jp-NotebookPanel'));
+        if (!notebooks.length) {
+          await showErrorMessage(
+            'No notebook to compare the runs in',
+            'Open a notebook: a cell that shows the selected runs side by side is added to it and run.'
+          );
+          return;
+        }
+        await app.commands.execute('notebook:insert-cell-below');
+        await app.commands.execute('notebook:replace-selection', { text: diffCell(args.names as string[]) });
+        await app.commands.execute('notebook:run-cell');
       }
     });
 

@@ -1,11 +1,13 @@
 import { Widget } from '@lumino/widgets';
 
 import { sparklineSvg } from './chart';
+import { Selection } from './compare';
 import { eta, formatDuration, formatLoss, isActive, IRunView, progress, RunsModel, shortPath } from './model';
 
 export interface ISidebarActions {
   open(name: string): void;
   stop(name: string): void;
+  compare(names: readonly string[]): void;
 }
 
 function element<K extends keyof HTMLElementTagNameMap>(
@@ -23,10 +25,14 @@ function element<K extends keyof HTMLElementTagNameMap>(
 class RunItem {
   readonly node: HTMLLIElement;
 
-  constructor(name: string, actions: ISidebarActions) {
+  constructor(name: string, actions: ISidebarActions, select: (selected: boolean) => void) {
     this.node = element('li', 'lm-RunItem');
     this.node.dataset.run = name;
     const head = element('div', 'lm-RunItem-head', this.node);
+    this._select = element('input', 'lm-RunItem-select', head);
+    this._select.type = 'checkbox';
+    this._select.title = 'Select to compare with other runs';
+    this._select.onchange = () => select(this._select.checked);
     this._name = element('button', 'lm-RunItem-name', head);
     this._name.textContent = name;
     this._name.title = `Open run ${name}: loss chart, config and probe samples`;
@@ -45,7 +51,7 @@ class RunItem {
     this._warning = element('div', 'lm-RunItem-warning', this.node);
   }
 
-  update(view: IRunView): void {
+  update(view: IRunView, selected: boolean): void {
     const { summary } = view;
     const status = view.stopping && isActive(summary.status) ? 'stopping' : summary.status;
     this._status.textContent = status;
@@ -53,6 +59,8 @@ class RunItem {
     this.node.dataset.status = summary.status;
     this._stop.hidden = !isActive(summary.status);
     this._stop.disabled = view.stopping;
+    this._select.hidden = summary.status === 'unreadable';
+    this._select.checked = selected;
 
     const p = progress(view);
     this._fill.style.width = `${Math.round((p.fraction ?? 0) * 100)}%`;
@@ -76,6 +84,7 @@ class RunItem {
     this._warning.textContent = summary.warning ? `⚠ ${summary.warning}` : '';
   }
 
+  private _select: HTMLInputElement;
   private _name: HTMLButtonElement;
   private _status: HTMLSpanElement;
   private _stop: HTMLButtonElement;
@@ -96,6 +105,9 @@ export class RunsSidebar extends Widget {
     const header = element('header', 'lm-RunsSidebar-header', this.node);
     element('h2', 'lm-RunsSidebar-title', header).textContent = 'LoRA runs';
     this._root = element('div', 'lm-RunsSidebar-root', header);
+    this._compare = element('button', 'jp-mod-styled jp-mod-accept lm-RunsSidebar-compare', header);
+    this._compare.title = 'Add a cell to the notebook that shows the selected runs side by side (lm.diff)';
+    this._compare.onclick = () => actions.compare(this._selection.names);
     this._error = element('div', 'lm-RunsSidebar-error', this.node);
     this._empty = element('p', 'lm-RunsSidebar-empty', this.node);
     this._empty.textContent =
@@ -115,6 +127,8 @@ export class RunsSidebar extends Widget {
     this._empty.hidden = runs.length > 0 || !!this._model.error;
 
     const wanted = new Set(runs.map(view => view.summary.name));
+    const comparable = runs.filter(view => view.summary.status !== 'unreadable');
+    this._selection.keep(new Set(comparable.map(view => view.summary.name)));
     for (const [name, item] of this._items) {
       if (!wanted.has(name)) {
         item.node.remove();
@@ -125,19 +139,32 @@ export class RunsSidebar extends Widget {
       const name = view.summary.name;
       let item = this._items.get(name);
       if (!item) {
-        item = new RunItem(name, this._actions);
+        item = new RunItem(name, this._actions, selected => {
+          this._selection.toggle(name, selected);
+          this._renderCompare();
+        });
         this._items.set(name, item);
       }
-      item.update(view);
+      item.update(view, this._selection.names.includes(name));
       if (this._list.children[index] !== item.node) {
         this._list.insertBefore(item.node, this._list.children[index] ?? null);
       }
     });
+    this._renderCompare();
+  }
+
+  private _renderCompare(): void {
+    const count = this._selection.names.length;
+    this._compare.hidden = this._model.runs.length < 2;
+    this._compare.disabled = count < 2;
+    this._compare.textContent = count < 2 ? 'Select runs to compare' : `Compare ${count} runs`;
   }
 
   private _model: RunsModel;
   private _actions: ISidebarActions;
   private _items = new Map<string, RunItem>();
+  private _selection = new Selection();
+  private _compare: HTMLButtonElement;
   private _root: HTMLDivElement;
   private _error: HTMLDivElement;
   private _empty: HTMLParagraphElement;
