@@ -48,7 +48,7 @@ _LAZY = {
     "plan": "planning",
     "diff": "diffing",
     "evaluate": "evaluation",
-    "sweep": "sweep",
+    "sweep": "sweeps",
 }
 
 __all__ = [

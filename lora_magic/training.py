@@ -274,7 +274,7 @@ def train(
 ) -> Run:
     """Start fine-tuning in the background and return the Run; `run.wait()` blocks until it ends.
 
-    `sweep` ({name, knobs}) is recorded in run.json when the run is part of a sweep (sweep.py)."""
+    `sweep` ({name, knobs}) is recorded in run.json when the run is part of a sweep (sweeps.py)."""
     config = (config or RunConfig()).replace(**settings)
     tracking.check(config)
     store = RunStore(runs_dir)

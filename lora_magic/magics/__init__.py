@@ -184,7 +184,7 @@ class LoraMagics(Magics):
 
     def run_sweep(self, config: RunConfig, grid: Any, background: bool) -> Any:
         """Train the runs of a `sweep:` block one after another, with one view that follows them."""
-        from ..sweep import sweep
+        from ..sweeps import sweep
         from ..widgets import watch_sweep
 
         started = sweep(config, grid=grid, runs_dir=self.runs_root)

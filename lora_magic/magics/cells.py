@@ -37,7 +37,7 @@ class CellOutput:
         self.shell.events.register("post_run_cell", self._cell_done)
         formatter = self.shell.display_formatter.ipython_display_formatter
         formatter.for_type_by_name("lora_magic.training", "Run", self._display_run)
-        formatter.for_type_by_name("lora_magic.sweep", "Sweep", self._display_run)
+        formatter.for_type_by_name("lora_magic.sweeps", "Sweep", self._display_run)
 
     @contextlib.contextmanager
     def progress_line(self) -> Iterator[None]:

@@ -44,6 +44,8 @@ class SweepView:
         """A dashboard for `run`, with the curves of the sweep's runs that have finished."""
         self.dashboard = Dashboard(run)
         for name, losses in self.sweep.finished_losses():
+            if name == run.name:
+                continue
             label = ", ".join(f"{k}={v}" for k, v in self.sweep.knobs(name).items())
             self.dashboard.plot.add_reference(label, losses)
         self.dashboard.bind_controls()

@@ -263,9 +263,10 @@ def table(store: RunStore, names: list[str], knobs: list[str]) -> Any:
             continue
         record = store.read(name)
         rows.append({"name": name, **_measurements(store, name, record)})
-    frame = pd.DataFrame(rows).set_index("name")
+    frame = pd.DataFrame(rows).set_index("name").dropna(axis=1, how="all")  # e.g. no run evaluated
     for key in reversed(knobs):  # the swept settings first, as the grid gave them
-        frame.insert(0, key, [_knob(store, n, key) for n in frame.index])
+        values = [_knob(store, n, key) for n in frame.index]
+        frame.insert(0, key, pd.Series(values, index=frame.index, dtype=object))  # None stays None
     return frame
 
 
