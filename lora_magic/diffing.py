@@ -11,8 +11,7 @@ import html
 import io
 import json
 import os
-import statistics
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,14 +19,13 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from . import results
 from .errors import RunError
-from .events import EVAL, LOG, PROBE, current
+from .events import EVAL, LOG, PROBE
+from .results import Curve
 from .runs import RunStore
+from .widgets.loss_plot import SMOOTHING, smooth
 from .widgets.summary import EMPTY_ANSWER, answer_html, duration
-
-EVALUATION = "evaluation.json"  # written by %lora eval into the run's folder
-SMOOTHING = 0.8  # as the dashboard's loss plot
-Curve = list[tuple[int, float]]
 
 
 @dataclass
@@ -55,7 +53,7 @@ class RunDiff:
             colour = f"C{index % 10}"
             if self.train[run]:
                 steps, losses = zip(*self.train[run], strict=True)
-                axes.plot(steps, smoothed(losses), color=colour, label=f"{run} train (smoothed)")
+                axes.plot(steps, smooth(losses, SMOOTHING), color=colour, label=f"{run} train (smoothed)")
             if self.eval[run]:
                 steps, losses = zip(*self.eval[run], strict=True)
                 axes.plot(steps, losses, "o--", color=colour, markersize=4, label=f"{run} eval")
@@ -124,18 +122,10 @@ def diff(*runs: str, runs_dir: str | os.PathLike | None = None) -> RunDiff:
         raise RunError(f"run {twice!r} is named more than once; name each run once")
     store = RunStore(runs_dir)
     records = {run: store.read(run) for run in runs}
-    events = {run: current(store.events(run)[0]) for run in runs}
-    evaluations = {run: _evaluation(store, run) for run in runs}
-    train = {run: _curve(events[run], LOG, "loss") for run in runs}
-    evals = {run: _curve(events[run], EVAL, "eval_loss") for run in runs}
-    metrics = {
-        run: {
-            **_run_metrics(records[run], events[run], train[run], evals[run]),
-            **_evaluation_metrics(evaluations[run], run),
-        }
-        for run in runs
-    }
-    labels = list(dict.fromkeys(label for values in metrics.values() for label in values))
+    events = {run: results.events(store, run) for run in runs}
+    evaluations = {run: results.evaluation(store, run) for run in runs}
+    measured = {run: results.measurements(store, run) for run in runs}
+    labels = [key for key in measured[runs[0]] if any(m[key] is not None for m in measured.values())]
     probes = {
         run: {
             e["prompt"]: {"base": e.get("base"), "answer": e.get("adapter")}
@@ -159,24 +149,15 @@ def diff(*runs: str, runs_dir: str | os.PathLike | None = None) -> RunDiff:
         runs=list(runs),
         settings=_differing({run: records[run].get("config") or {} for run in runs}),
         metrics=pd.DataFrame(
-            {run: [values.get(label) for label in labels] for run, values in metrics.items()},
+            {run: [values[label] for label in labels] for run, values in measured.items()},
             index=labels,
             dtype=object,
         ),
         probes=_side_by_side(probes),
         samples=_side_by_side(samples),
-        train=train,
-        eval=evals,
+        train={run: results.curve(events[run], LOG) for run in runs},
+        eval={run: results.curve(events[run], EVAL) for run in runs},
     )
-
-
-def smoothed(losses: Iterable[float]) -> list[float]:
-    """Exponential moving average, debiased so the first points aren't pulled towards zero."""
-    out, average = [], 0.0
-    for i, loss in enumerate(losses, 1):
-        average = SMOOTHING * average + (1 - SMOOTHING) * loss
-        out.append(average / (1 - SMOOTHING**i))
-    return out
 
 
 def _differing(configs: dict[str, dict[str, Any]]) -> pd.DataFrame:
@@ -192,48 +173,6 @@ def _differing(configs: dict[str, dict[str, Any]]) -> pd.DataFrame:
         index=differ,
         dtype=object,
     )
-
-
-def _curve(events: list[dict[str, Any]], kind: str, key: str) -> Curve:
-    return [(e["step"], e[key]) for e in events if e["type"] == kind and _number(e.get(key)) is not None]
-
-
-def _run_metrics(
-    record: dict[str, Any], events: list[dict[str, Any]], train: Curve, evals: Curve
-) -> dict[str, Any]:
-    logs = [e for e in events if e["type"] == LOG]
-    speeds = [e["tokens_per_second"] for e in logs if _number(e.get("tokens_per_second")) is not None]
-    peaks = [e["peak_memory_mb"] for e in logs if _number(e.get("peak_memory_mb")) is not None]
-    started, ended = _number(record.get("started")), _number(record.get("finished") or record.get("updated"))
-    return {
-        "status": record["status"],
-        "trainable params": record.get("trainable_params"),
-        "steps": f"{record.get('step') or 0}/{record.get('total_steps') or '?'}",
-        "wall time": ended - started if started is not None and ended is not None else None,
-        "tokens/s (median)": statistics.median(speeds) if speeds else None,
-        "peak memory (MB)": max(peaks, default=None),
-        "first train loss": train[0][1] if train else None,
-        "final train loss": train[-1][1] if train else None,
-        "first eval loss": evals[0][1] if evals else None,
-        "final eval loss": evals[-1][1] if evals else None,
-        "best eval loss": min(loss for _, loss in evals) if evals else None,
-    }
-
-
-def _evaluation(store: RunStore, run: str) -> dict[str, Any]:
-    """The run's evaluation.json, or {} when it has none (or one that cannot be read)."""
-    try:
-        data = json.loads(store.file(run, EVALUATION).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _evaluation_metrics(evaluation: dict[str, Any], run: str) -> dict[str, Any]:
-    metrics = (evaluation.get("metrics") or {}).get(run) or {}
-    if not metrics:
-        return {}
-    return {"evaluation rows": evaluation.get("rows"), **{f"evaluation {k}": v for k, v in metrics.items()}}
 
 
 def _side_by_side(answers: dict[str, dict[str, dict[str, Any]]]) -> pd.DataFrame:
@@ -270,13 +209,13 @@ def _share(value: float) -> str:
 
 
 FORMATS: dict[str, Callable[[Any], str]] = {
-    "trainable params": "{:,}".format,
-    "wall time": duration,
-    "tokens/s (median)": "{:,.0f}".format,
-    "peak memory (MB)": "{:,.0f}".format,
-    "evaluation exact_match": _share,
-    "evaluation terminated": _share,
-    "evaluation answer_tokens": "{:.1f}".format,
+    "trainable_params": "{:,}".format,
+    "wall_seconds": duration,
+    "tokens_per_second": "{:,.0f}".format,
+    "peak_memory_mb": "{:,.0f}".format,
+    "exact_match": _share,
+    "terminated": _share,
+    "answer_tokens": "{:.1f}".format,
 }
 
 

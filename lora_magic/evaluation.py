@@ -23,10 +23,10 @@ from .config import RunConfig, describe_source
 from .data import ALPACA_END, encode, fingerprint, load_records, render
 from .errors import DataError, RunError
 from .generation import BASE, session
+from .results import EVALUATION_FILE
 from .runs import RunStore, stored_config, write_json_atomic
 
 METRICS = ("eval_loss", "perplexity", "token_f1", "rouge_l", "exact_match", "terminated", "answer_tokens")
-FILE = "evaluation.json"
 TEMPLATE_SETTINGS = (
     "template",
     "instruction_field",
@@ -194,7 +194,7 @@ def save(store: RunStore, name: str, evaluation: Evaluation, models: list[str]) 
     result = evaluation.to_dict()
     result["metrics"] = {m: evaluation.metrics[m] for m in models}
     result["samples"] = [{**s, "answers": {m: s["answers"][m] for m in models}} for s in evaluation.samples]
-    write_json_atomic(store.path(name) / FILE, result)
+    write_json_atomic(store.path(name) / EVALUATION_FILE, result)
 
 
 def _adapter_config(store: RunStore, name: str) -> RunConfig:

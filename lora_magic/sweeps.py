@@ -10,27 +10,24 @@ The table is read from the run store, so it also describes a sweep of an earlier
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import json
 import re
-import statistics
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import results
 from .config import RunConfig, check_names, coerce
 from .data import fingerprint, load_records
 from .errors import ConfigError
-from .evaluation import FILE
-from .events import COMPLETED, FINISHED, STOPPED
+from .events import COMPLETED, FINISHED, PROBE, STOPPED
 from .runs import RunStore
 
 # Settings that change the loaded base: they vary slowest, so the base is loaded as few times as possible.
 BASE_SETTINGS = ("model", "quantization", "dtype", "device", "trust_remote_code")
-EVALUATION_COLUMNS = ("token_f1", "rouge_l", "exact_match", "terminated")
 
 
 @dataclass
@@ -242,13 +239,6 @@ def _check_unchanged(store: RunStore, point: Point) -> None:
         )
 
 
-def _evaluation(store: RunStore, name: str) -> dict[str, float] | None:
-    """The run's own scores in its evaluation.json (the latest %lora eval or its evaluate: true)."""
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        return json.loads((store.path(name) / FILE).read_text())["metrics"][name]
-    return None
-
-
 # -- the table --------------------------------------------------------------------------------------
 def table(store: RunStore, names: list[str], knobs: list[str]) -> Any:
     """A row per run: the swept settings, the examples trained, trainable parameters, wall time,
@@ -261,8 +251,7 @@ def table(store: RunStore, names: list[str], knobs: list[str]) -> Any:
         if not store.exists(name):
             rows.append({"name": name, "status": "not started"})
             continue
-        record = store.read(name)
-        rows.append({"name": name, **_measurements(store, name, record)})
+        rows.append({"name": name, **_measurements(store, name)})
     frame = pd.DataFrame(rows).set_index("name").dropna(axis=1, how="all")  # e.g. no run evaluated
     for key in reversed(knobs):  # the swept settings first, as the grid gave them
         values = [_knob(store, n, key) for n in frame.index]
@@ -277,32 +266,9 @@ def _knob(store: RunStore, name: str, key: str) -> Any:
     return ",".join(value) if isinstance(value, list) else value
 
 
-def _measurements(store: RunStore, name: str, record: dict[str, Any]) -> dict[str, Any]:
-    events, _ = store.events(name)
-    logs = [e for e in events if e.get("type") == "log"]
-    evals = [e for e in events if e.get("type") == "eval"]
-    metrics = record.get("metrics") or {}
-    started, finished = record.get("started"), record.get("finished")
-    row = {
-        "status": record["status"],
-        "train_examples": (record.get("examples") or {}).get("train"),
-        "trainable_params": record.get("trainable_params"),
-        "wall_seconds": round(finished - started, 1) if started and finished else None,
-        # the first step is left out: it includes the warm-up of the kernels
-        "tokens_per_second": round(statistics.median(e["tokens_per_second"] for e in logs[1:]), 1)
-        if len(logs) > 1
-        else None,
-        "peak_memory_mb": round(max(e["peak_memory_mb"] for e in logs)) if logs else None,
-        "first_loss": logs[0]["loss"] if logs else None,
-        "final_loss": logs[-1]["loss"] if logs else None,
-        "first_eval_loss": evals[0]["eval_loss"] if evals else None,
-        "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
-    }
-    scores = _evaluation(store, name) or metrics
-    row.update({key: scores.get(key) for key in EVALUATION_COLUMNS})
-    probes: dict[str, str] = {}
-    for event in events:
-        if event.get("type") == "probe":
-            probes[event["prompt"]] = event["adapter"]
-    row.update({f"probe: {prompt}": answer for prompt, answer in probes.items()})
+def _measurements(store: RunStore, name: str) -> dict[str, Any]:
+    row = results.measurements(store, name)
+    for event in results.events(store, name):  # the last answer to each probe
+        if event["type"] == PROBE:
+            row[f"probe: {event['prompt']}"] = event["adapter"]
     return row

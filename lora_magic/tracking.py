@@ -26,8 +26,10 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from . import results
 from .config import RunConfig
 from .errors import ConfigError
+from .results import EVALUATION_FILE
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "lora_magic"  # the MLflow experiment, unless $MLFLOW_EXPERIMENT_NAME names another
@@ -114,8 +116,7 @@ for _hook in [name for name in vars(TrainerCallback) if name.startswith("on_")]:
 
 
 def _evaluation(run: Any) -> dict[str, Any] | None:
-    file = run.path / "evaluation.json"
-    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+    return results.evaluation(run.store, run.name) or None
 
 
 def _evaluation_metrics(run: Any, evaluation: dict[str, Any]) -> dict[str, float]:
@@ -212,7 +213,7 @@ def _finish_mlflow(run: Any, record: dict[str, Any]) -> None:
             client.log_table(
                 run_id, data=pandas.DataFrame(table, dtype=object), artifact_file="evaluation/samples.json"
             )
-        client.log_artifact(run_id, str(run.path / "evaluation.json"), "evaluation")
+        client.log_artifact(run_id, str(run.path / EVALUATION_FILE), "evaluation")
     _log_metrics(client, run_id, metrics, run.step)
     if run.adapter_path:
         client.log_artifacts(run_id, str(run.adapter_path), "adapter")

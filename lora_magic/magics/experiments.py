@@ -1,4 +1,4 @@
-"""`%lora eval` (held-out evaluation of runs) and `%lora sweep` (a table of a sweep's runs)."""
+"""`%lora eval`: held-out evaluation of runs (sweeps are a `sweep:` block of `%%finetune`)."""
 
 from __future__ import annotations
 

@@ -50,10 +50,13 @@ class Throttle:
         self.next_time = end + min(self.max_interval, max(self.min_interval, (end - start) / self.budget))
 
 
+SMOOTHING = 0.8  # of the train loss's moving average, here and in %lora diff
+
+
 class LossPlot:
     """Loss curves of one run; `png()` renders them, `_repr_png_` shows them in any IPython."""
 
-    def __init__(self, smoothing: float = 0.8, width: float = 6.4, height: float = 2.6, dpi: int = 80):
+    def __init__(self, smoothing: float = SMOOTHING, width: float = 6.4, height: float = 2.6, dpi: int = 80):
         self.smoothing = smoothing
         self.train: list[tuple[int, float]] = []
         self.eval: list[tuple[int, float]] = []

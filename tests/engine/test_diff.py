@@ -46,20 +46,20 @@ def test_a_diff_shows_the_settings_that_differ_the_metrics_the_curves_and_the_pr
         record, events = store.read(name), current(store.events(name)[0])
         column = diff.metrics[name]
         assert column["status"] == "completed" and column["steps"] == "4/4"
-        assert column["trainable params"] == record["trainable_params"]
-        assert column["first eval loss"] == record["metrics"]["first_eval_loss"]
-        assert column["final eval loss"] == record["metrics"]["eval_loss"]
-        assert column["best eval loss"] == record["metrics"]["best_eval_loss"]
+        assert column["trainable_params"] == record["trainable_params"]
+        assert column["first_eval_loss"] == record["metrics"]["first_eval_loss"]
+        assert column["final_eval_loss"] == record["metrics"]["eval_loss"]
+        assert column["best_eval_loss"] == record["metrics"]["best_eval_loss"]
         losses = [e["loss"] for e in events if e["type"] == "log"]
-        assert (column["first train loss"], column["final train loss"]) == (losses[0], losses[-1])
-        assert column["wall time"] == pytest.approx(record["finished"] - record["started"])
-        assert column["tokens/s (median)"] > 0 and column["peak memory (MB)"] > 0
+        assert (column["first_loss"], column["final_loss"]) == (losses[0], losses[-1])
+        assert column["wall_seconds"] == pytest.approx(record["finished"] - record["started"])
+        assert column["tokens_per_second"] > 0 and column["peak_memory_mb"] > 0
         assert [step for step, _ in diff.train[name]] == [1, 2, 3, 4]
         assert [step for step, _ in diff.eval[name]] == [0, 2, 4]
         last_probe = [e for e in events if e["type"] == "probe"][-1]
         assert last_probe["step"] == 4 and diff.probes.loc[PROMPT, name] == last_probe["adapter"]
         assert diff.probes.loc[PROMPT, "base"] == last_probe["base"]
-    assert diff.metrics.loc["trainable params", "large"] == 2 * diff.metrics.loc["trainable params", "small"]
+    assert diff.metrics.loc["trainable_params", "large"] == 2 * diff.metrics.loc["trainable_params", "small"]
     assert diff.samples.empty  # no evaluation yet
 
     page = diff._repr_html_()
@@ -72,8 +72,8 @@ def test_a_diff_shows_the_settings_that_differ_the_metrics_the_curves_and_the_pr
     text = repr(diff)
     assert text.startswith("Runs small, large") and f"--- {PROMPT}" in text
     assert re.search(r"^\s+r\s+4\s+8$", text, re.MULTILINE)
-    small, large = (f"{diff.metrics.loc['final eval loss', name]:.4f}" for name in diff.runs)
-    assert re.search(rf"^  final eval loss +{small} +{large}$", text, re.MULTILINE)
+    small, large = (f"{diff.metrics.loc['final_eval_loss', name]:.4f}" for name in diff.runs)
+    assert re.search(rf"^  final_eval_loss +{small} +{large}$", text, re.MULTILINE)
 
 
 def test_an_evaluation_shows_its_metrics_and_answers_beside_the_other_runs(store):
@@ -100,9 +100,8 @@ def test_an_evaluation_shows_its_metrics_and_answers_beside_the_other_runs(store
     store.file("large", "evaluation.json").write_text(json.dumps(evaluation))
     diff = lm.diff("small", "large", runs_dir=store.root)
 
-    assert diff.metrics.loc["evaluation token_f1", "large"] == 0.25
-    assert diff.metrics.loc["evaluation rows", "large"] == 2
-    assert diff.metrics.loc["evaluation token_f1", "small"] is None  # not evaluated
+    assert diff.metrics.loc["token_f1", "large"] == 0.25
+    assert diff.metrics.loc["token_f1", "small"] is None  # not evaluated
     assert diff.samples.columns.tolist() == ["reference", "base", "small", "large"]
     row = diff.samples.loc["Describe the <b>blue</b> lamp."]
     assert row.tolist() == ["A blue lamp & more.", "lamp lamp", None, "A <i>blue</i> lamp."]
@@ -111,7 +110,7 @@ def test_an_evaluation_shows_its_metrics_and_answers_beside_the_other_runs(store
     assert "Evaluation answers" in page and "<b>blue</b>" not in page and "<i>blue</i>" not in page
     assert "Describe the &lt;b&gt;blue&lt;/b&gt; lamp." in page and "A &lt;i&gt;blue&lt;/i&gt; lamp." in page
     assert "A blue lamp &amp; more." in page and "(empty answer)" in page
-    assert re.search(r"evaluation exact_match</th><td[^>]*>—</td><td[^>]*>50%</td>", page)
+    assert re.search(r"exact_match</th><td[^>]*>—</td><td[^>]*>50%</td>", page)
     assert "  large: A <i>blue</i> lamp." in repr(diff) and "  small: —" in repr(diff)
 
 
@@ -121,7 +120,7 @@ def test_a_failed_run_shows_what_it_has(store):
     diff = lm.diff("small", "broken", runs_dir=store.root)
     assert diff.settings.index.tolist() == ["learning_rate"]
     assert diff.metrics.loc["status", "broken"] == "failed" and diff.metrics.loc["steps", "broken"] == "0/?"
-    assert diff.metrics.loc["final train loss", "broken"] is None and diff.train["broken"] == []
+    assert diff.metrics.loc["final_loss", "broken"] is None and diff.train["broken"] == []
     assert diff.probes.columns.tolist() == ["base", "small", "broken"]
     assert diff.probes.loc[PROMPT, "broken"] is None
     assert "data:image/png;base64," in diff._repr_html_()
