@@ -1,11 +1,13 @@
 """How fast float32, 8-bit and 4-bit bases of the built-in model learn the bundled products.
 
     .venv/bin/python benchmarks/quantization.py [--bases none,8bit,4bit] [--lrs 2e-4,1e-3]
-        [--seeds 42] [--steps 40] [--answers]
+        [--seeds 42] [--steps 40] [--answers] [--evaluate]
 
 Each run is the real-model tests' setting: 40 steps, all-linear targets, r=8, batch 4, on the
 first 120 bundled rows, evaluated on rows 120-127 before and after. `--answers` also answers three
-held-out products greedily and counts the answers that end with the template's terminator. The
+held-out products greedily and counts the answers that end with the template's terminator;
+`--evaluate` scores base and tuned model on the 8 eval rows with `lm.evaluate` (token-F1, ROUGE-L,
+answers ending with the terminator, as "base → tuned"). The
 runs are the same whatever the machine's load; the seconds are not. Prints a Markdown table.
 """
 
@@ -26,7 +28,9 @@ HELD_OUT = [  # products and categories the bundled training rows do not contain
 ]
 
 
-def train_once(base: str, lr: float, seed: int, steps: int, answers: bool, runs_dir: str) -> str:
+def train_once(
+    base: str, lr: float, seed: int, steps: int, answers: bool, evaluate: bool, runs_dir: str
+) -> str:
     records = load_records(str(bundled_dataset()))
     started = time.time()
     run = lm.train(
@@ -46,10 +50,17 @@ def train_once(base: str, lr: float, seed: int, steps: int, answers: bool, runs_
     if answers:
         replies = [lm.compare(p, adapters=[run.name], max_new_tokens=60)[run.name] for p in HELD_OUT]
         ended = f"{sum(r.rstrip().endswith(ALPACA_END) for r in replies)}/{len(replies)}"
+    scores = "– | – | –"
+    if evaluate:
+        metrics = lm.evaluate(run.name, runs_dir=runs_dir).metrics
+        scores = " | ".join(
+            f"{metrics['base'][key]:.2f} → {metrics[run.name][key]:.2f}"
+            for key in ("token_f1", "rouge_l", "terminated")
+        )
     lm.free()
     return (
         f"| {base} | {lr:g} | {seed} | {first:.3f} → {last:.3f} | {last / first:.2f} | {ended} "
-        f"| {time.time() - started:.0f} |"
+        f"| {scores} | {time.time() - started:.0f} |"
     )
 
 
@@ -60,10 +71,12 @@ def main() -> None:
     parser.add_argument("--seeds", default="42")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--answers", action="store_true", help="count terminated held-out answers")
+    parser.add_argument("--evaluate", action="store_true", help="score base and tuned model on the eval rows")
     args = parser.parse_args()
     print(
         "| base | learning rate | seed | eval loss before → after | after / before | answers ending "
-        "'### End' | seconds |\n| --- | --- | --- | --- | --- | --- | --- |",
+        "'### End' | token-F1 | ROUGE-L | terminated | seconds |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         flush=True,
     )
     grid = itertools.product(
@@ -71,7 +84,8 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as runs_dir:
         for base, lr, seed in grid:
-            print(train_once(base, lr, seed, args.steps, args.answers, runs_dir), flush=True)
+            row = train_once(base, lr, seed, args.steps, args.answers, args.evaluate, runs_dir)
+            print(row, flush=True)
 
 
 if __name__ == "__main__":

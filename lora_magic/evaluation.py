@@ -112,20 +112,22 @@ class Evaluation:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        cell = "vertical-align:top;text-align:left;white-space:pre-wrap"
+        from .widgets.summary import answer_html
+
+        cell = "vertical-align:top;text-align:left"
         models = list(self.metrics)
         heads = "".join(f"<th style='{cell}'>{html.escape(m)}</th>" for m in ["prompt", "reference", *models])
         rows = "".join(
-            "<tr>"
+            f"<tr><td style='{cell}'>{answer_html(s['prompt'])}</td>"
             + "".join(
-                f"<td style='{cell}'>{html.escape(text)}</td>"
-                for text in [s["prompt"], s["reference"], *(s["answers"][m] for m in models)]
+                f"<td style='{cell}'>{answer_html(text)}</td>"
+                for text in [s["reference"], *(s["answers"][m] for m in models)]
             )
             + "</tr>"
             for s in self.samples[:SAMPLES_SHOWN]
         )
         return (
-            f"<p>{html.escape(self.summary())}</p>{self.table.round(4).to_html()}"
+            f"<p>{html.escape(self.summary())}</p>{self.table.to_html(float_format=lambda x: f'{x:.4g}')}"
             f"<p>The first {min(SAMPLES_SHOWN, len(self.samples))} answers:</p>"
             f"<table class='lora-magic-eval' style='table-layout:fixed;width:100%'><tr>{heads}</tr>{rows}</table>"
         )

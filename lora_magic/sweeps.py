@@ -11,6 +11,7 @@ The table is read from the run store, so it also describes a sweep of an earlier
 from __future__ import annotations
 
 import hashlib
+import html
 import itertools
 import json
 import re
@@ -106,7 +107,8 @@ class Sweep:
         return f"<Sweep {self.name!r}: {self.status}, {finished}/{len(self.points)} runs completed, {self.store.root}>"
 
     def _repr_html_(self) -> str:
-        return f"<p>{repr(self)[1:-1]}</p>" + self.table().to_html(na_rep="")
+        table = self.table().to_html(na_rep="", float_format=lambda x: f"{x:.4g}")
+        return f"<p>{html.escape(repr(self)[1:-1])}</p>{table}"
 
     # -- the worker ----------------------------------------------------------------------------
     def _work(self, train: Any) -> None:

@@ -59,6 +59,7 @@ class LossPlot:
     def __init__(self, smoothing: float = SMOOTHING, width: float = 6.4, height: float = 2.6, dpi: int = 80):
         self.smoothing = smoothing
         self.train: list[tuple[int, float]] = []
+        self.references = 0  # other runs' curves drawn behind this one's
         self.eval: list[tuple[int, float]] = []
         self.figure = Figure(figsize=(width, height), dpi=dpi)
         self.figure.subplots_adjust(left=0.13, right=0.98, top=0.95, bottom=0.18)
@@ -75,7 +76,9 @@ class LossPlot:
     def add_reference(self, label: str, losses: list[tuple[int, float]]) -> None:
         """Another run's smoothed train loss, drawn faintly behind this run's (a sweep's finished runs)."""
         steps = [s for s, _ in losses]
-        self.axes.plot(steps, smooth([v for _, v in losses], self.smoothing), "--", alpha=0.6, label=label)
+        colour = f"C{2 + self.references % 8}"  # C0 and C1 are this run's train and eval curves
+        self.references += 1
+        self.axes.plot(steps, smooth([v for _, v in losses], self.smoothing), "--", color=colour, label=label)
         self.axes.legend(loc="upper right", fontsize="x-small")
 
     def add(self, event: dict) -> bool:

@@ -54,7 +54,7 @@ class SweepView:
         return self.dashboard
 
     def show_table(self) -> None:
-        self.table.value = self.sweep.table().to_html(na_rep="", float_format=lambda x: f"{x:.4g}")
+        self.table.value = self.sweep._repr_html_()
 
 
 def watch_sweep(sweep: Any, background: bool = False, widgets: bool = True) -> None:
