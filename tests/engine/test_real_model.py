@@ -20,25 +20,27 @@ STEPS, LEARNING_RATE = 40, 1e-3
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
-    """`tuned(quantization)`: a finished run on the bundled products, trained on first use."""
+    """`tuned(quantization, learning_rate)`: a finished run on the bundled products (40 steps,
+    all-linear, batch 4, eval on 8 rows it does not train on), trained on first use."""
     runs_dir, finished = tmp_path_factory.mktemp("runs"), {}
     records = load_records(str(bundled_dataset()))
 
-    def tuned(quantization: str):
-        if quantization not in finished:
-            finished[quantization] = lm.train(
+    def tuned(quantization: str, learning_rate: float = LEARNING_RATE):
+        key = (quantization, learning_rate)
+        if key not in finished:
+            finished[key] = lm.train(
                 model="smollm2-135m",
                 quantization=quantization,
                 data=records[:120],
                 eval_data=records[120:128],
                 steps=STEPS,
-                learning_rate=LEARNING_RATE,
+                learning_rate=learning_rate,
                 targets="all-linear",
                 eval_every=STEPS,
-                name=f"products-{quantization}",
+                name=f"products-{quantization}-lr{learning_rate:g}".replace(".", "_"),
                 runs_dir=runs_dir,
             ).wait()
-        run = finished[quantization]
+        run = finished[key]
         if run.name not in lm.session().adapters:  # the session is freed after each test
             lm.session().load_adapter(run.name, runs_dir=runs_dir)
         return run
@@ -75,6 +77,29 @@ def test_qlora_4bit_learns_the_format_as_fast_as_float32(tuned):
     # dequantisation of all the weights, and the base never stops early.
     answers = [lm.compare(prompt, adapters=[run.name], max_new_tokens=60) for prompt in HELD_OUT]
     assert all(ends_with_terminator(a[run.name]) for a in answers), answers
+
+
+def test_with_the_default_learning_rate_4bit_learns_as_fast_as_float32(tuned):
+    """The defaults (lr 2e-4, no warm-up): on a 2-core AMD EPYC with AVX512-BF16 the eval loss
+    went 3.46 -> 1.73 in float32 and 3.65 -> 1.81 in 4-bit (8-bit: 3.47 -> 1.75)."""
+    full_precision, quantized = tuned("none", 2e-4), tuned("4bit", 2e-4)
+    for run in (full_precision, quantized):
+        assert run.status == "completed", run.error
+        assert run.eval_losses[-1][1] < 0.7 * run.eval_losses[0][1], run.eval_losses
+    final = full_precision.eval_losses[-1][1]
+    assert abs(quantized.eval_losses[-1][1] - final) <= 0.1 * final, (quantized.eval_losses, final)
+
+
+def test_evaluation_scores_the_tuned_model_above_the_base_on_held_out_products(tuned):
+    """%lora eval on the 8 held-out rows: the tuned model's answers overlap the references more
+    than the base's and end with the template's terminator, which the base never writes."""
+    run = tuned("none")
+    evaluation = lm.evaluate(run.name, runs_dir=run.store.root)
+    base, adapter = evaluation.metrics["base"], evaluation.metrics[run.name]
+    assert len(evaluation.samples) == 8, evaluation
+    assert adapter["token_f1"] > base["token_f1"] and adapter["rouge_l"] > base["rouge_l"], evaluation
+    assert adapter["terminated"] >= 0.9 and base["terminated"] == 0, evaluation
+    assert adapter["eval_loss"] < base["eval_loss"], evaluation
 
 
 def test_merged_export_gives_the_same_greedy_answer(tuned, tmp_path):
