@@ -1,6 +1,14 @@
 """Behaviour on the built-in SmolLM2-135M: LoRA and QLoRA learn the trained format; exports agree.
 
 Each quantisation is trained once per module (a few CPU minutes) and the tests share the runs.
+
+Margin, checked with benchmarks/quantization.py (the same runs) on a 2-core AMD EPYC with
+AVX512-BF16. At lr 1e-3, seeds 42 and 1: eval loss 3.46 -> 0.55 and 0.52 in float32, 3.65 -> 0.54
+and 0.51 in 4-bit (criterion: below 0.6 of the start, i.e. about 2.1), the 4-bit run within 2-3 %
+of float32's (criterion 10 %), 3/3 held-out answers ending with '### End' for both bases, and on
+the 8 eval rows token-F1 0.25 -> 0.73, ROUGE-L 0.23 -> 0.72 and terminated 0 -> 100 % (seed 1).
+At the default lr 2e-4, seeds 42 and 1: float32 3.46 -> 1.73 and 1.71, 4-bit 3.65 -> 1.81 and
+1.78 (4.7 % and 4.2 % apart; criteria: below 0.7 of the start, within 10 %).
 """
 
 import pytest
