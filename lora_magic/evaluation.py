@@ -36,7 +36,7 @@ TEMPLATE_SETTINGS = (
     "response_format",
     "system_prompt",
 )
-BATCH = 8  # prompts answered together: decoding on a CPU is bound by reading the weights, not by the batch
+BATCH = 8  # prompts answered together, in one left-padded batch, and examples per loss forward
 SAMPLES_SHOWN = 5
 
 # The base model's results, by (base, quantisation, prompts, answer length): a sweep scores it once.
@@ -226,11 +226,12 @@ def examples_for(records: list[dict], config: RunConfig, tokenizer: Any, limit: 
     examples = []
     for row, record in enumerate(records[:limit]):
         prompt, completion = render(record, row, config, tokenizer)
-        reference = (
-            completion.removesuffix(f"\n\n{ALPACA_END}") if config.template == "alpaca" else completion
-        )
-        if config.template == "chat":
+        if config.template == "alpaca":
+            reference = completion.removesuffix(f"\n\n{ALPACA_END}")
+        elif config.template == "chat":  # the completion holds the chat template's own end markers
             reference = str(record[config.response_field])
+        else:
+            reference = completion
         examples.append(Example(prompt, completion, reference.strip()))
     if not examples:
         raise DataError("there are no prompts to evaluate: the data has no rows")

@@ -61,11 +61,9 @@ class Sweep:
 
     def wait(self, timeout: float | None = None) -> Sweep:
         """Block until the sweep ends. Ctrl-C / kernel interrupt stops it gracefully instead."""
-        try:
-            self._done.wait(timeout)
-        except KeyboardInterrupt:
-            self.stop()
-            self._done.wait()
+        from .training import wait_or_stop
+
+        wait_or_stop(self._done, self.stop, timeout)
         return self
 
     @property

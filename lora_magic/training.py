@@ -167,11 +167,7 @@ class Run:
 
     def wait(self, timeout: float | None = None) -> Run:
         """Block until the run ends. Ctrl-C / kernel interrupt stops it gracefully instead."""
-        try:
-            self._done.wait(timeout)
-        except KeyboardInterrupt:
-            self.stop()
-            self._done.wait()
+        wait_or_stop(self._done, self.stop, timeout)
         return self
 
     def __repr__(self) -> str:
@@ -225,6 +221,15 @@ class Run:
             }
             self.events.append(event)
             self._notify(event)
+
+
+def wait_or_stop(done: threading.Event, stop: Callable[[], None], timeout: float | None) -> None:
+    """Wait for `done`; a Ctrl-C / kernel interrupt calls `stop` and waits for the graceful end."""
+    try:
+        done.wait(timeout)
+    except KeyboardInterrupt:
+        stop()
+        done.wait()
 
 
 class TrainingManager:
