@@ -1,5 +1,7 @@
 """Sweeps on the tiny model: the grid, its table of real measurements, stopping and running again."""
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -46,11 +48,25 @@ def test_a_2x2_sweep_trains_every_combination_on_one_base_and_tabulates_them(
 
 def test_a_sweep_over_max_examples_shows_how_many_examples_each_run_used(tiny_model_dir, records, runs_dir):
     sweep = lm.sweep(
-        model=tiny_model_dir, data=records, eval_fraction=0.25, steps=1, grid={"max_examples": [5, 10, None]}
+        model=tiny_model_dir,
+        data=records,
+        eval_fraction=0.25,
+        steps=1,
+        evaluate=True,
+        probes=["Describe the red lamp."],
+        probe_tokens=4,
+        grid={"max_examples": [5, 10, None]},
     ).wait()
     table = sweep.table()
     assert sweep.name.startswith("sweep-") and list(table["train_examples"]) == [5, 10, 18]
     assert list(table["max_examples"]) == [5, 10, None]
+    store = RunStore(runs_dir)
+    for name in table.index:  # each run's held-out scores and last probe answer, from its own folder
+        scores = json.loads((store.path(name) / "evaluation.json").read_text())["metrics"][name]
+        assert table.loc[name, "token_f1"] == scores["token_f1"]
+        assert table.loc[name, "terminated"] == scores["terminated"]
+        probe = [e for e in store.events(name)[0] if e["type"] == "probe"][-1]
+        assert table.loc[name, "probe: Describe the red lamp."] == probe["adapter"]
 
 
 def test_a_stopped_sweep_run_again_completes_only_the_missing_runs(tiny_model_dir, records, runs_dir):
