@@ -101,7 +101,11 @@ def test_dashboard_stop_and_compare_in_jupyterlab(tmp_path, tiny_model_dir, reco
                 expect(column).to_contain_text("tokens/s", timeout=60_000)
                 # its name, its answer, its speed: live, or as the picture the panel leaves once done
                 assert len(column.inner_text().strip().splitlines()) >= 3
-            page.locator(".lora-magic-compare").scroll_into_view_if_needed()
+            # once the answers are in, the live panel is replaced by its picture: scroll to that
+            settled = page.locator(".lora-magic-static .lora-magic-compare")
+            expect(settled).to_have_count(1, timeout=60_000)
+            expect(settled).to_contain_text(RUN)
+            settled.scroll_into_view_if_needed()
             page.screenshot(path=ARTIFACTS / "widgets-3-compare.png")
         except Exception:
             page.screenshot(path=ARTIFACTS / "widgets-failure.png")
