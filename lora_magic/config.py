@@ -46,6 +46,26 @@ class RunConfig:
         "run",
         choices=("none", "mlflow", "tensorboard"),
     )
+    launch: str = setting(
+        "kernel",
+        "Where the run trains: 'kernel' (a thread of this kernel), 'process' (a worker process that "
+        "survives kernel restarts) or 'accelerate' (workers under accelerate launch: processes of "
+        "them, e.g. one per GPU). Every view follows all three from the run store.",
+        "run",
+        choices=("kernel", "process", "accelerate"),
+    )
+    processes: int = setting(
+        1,
+        "launch='accelerate': how many training processes (data parallel, one per GPU; on a CPU "
+        "they share its cores). batch_size is split between them.",
+        "run",
+    )
+    accelerate_config: str | None = setting(
+        None,
+        "launch='accelerate': an Accelerate config file (accelerate config) for FSDP, DeepSpeed or "
+        "several machines. Default: plain data parallel on this machine.",
+        "run",
+    )
     # -- model -------------------------------------------------------------------------------
     model: str = setting(
         "smollm2-135m",
@@ -174,7 +194,9 @@ class RunConfig:
     steps: int = setting(0, "Optimizer steps to train. 0: train for `epochs` instead.", "train")
     epochs: float = setting(1.0, "Passes over the training data (when steps is 0).", "train")
     learning_rate: float = setting(2e-4, "Peak learning rate.", "train")
-    batch_size: int = setting(4, "Examples per device step.", "train")
+    batch_size: int = setting(
+        4, "Examples per step, before gradient accumulation (split between processes).", "train"
+    )
     grad_accum: int = setting(1, "Steps whose gradients are summed before each optimizer step.", "train")
     warmup_steps: int = setting(0, "Steps of linear learning-rate warm-up.", "train")
     scheduler: str = setting(
@@ -230,7 +252,7 @@ class RunConfig:
                 f"name={self.name!r} is not a valid run name; use letters, digits, '_' and '-' "
                 "(starting with a letter or digit, at most 100 characters)"
             )
-        for name in ("r", "alpha", "batch_size", "grad_accum", "max_length", "probe_tokens"):
+        for name in ("r", "alpha", "batch_size", "grad_accum", "max_length", "probe_tokens", "processes"):
             _require(self, name, getattr(self, name) >= 1, "a whole number of at least 1")
         for name in ("steps", "warmup_steps", "eval_every", "save_every", "probe_every"):
             _require(self, name, getattr(self, name) >= 0, "0 or more")
@@ -241,6 +263,16 @@ class RunConfig:
         _require(self, "learning_rate", 0 < self.learning_rate < 1, "between 0 and 1, e.g. 2e-4")
         _require(self, "dropout", 0 <= self.dropout < 1, "from 0 up to (not including) 1")
         _require(self, "eval_fraction", 0 <= self.eval_fraction < 1, "from 0 up to (not including) 1")
+        if self.processes > 1 and self.launch != "accelerate":
+            raise ConfigError(
+                f"processes={self.processes} needs launch='accelerate'; with launch={self.launch!r} one "
+                "process trains"
+            )
+        if self.batch_size % self.processes:
+            raise ConfigError(
+                f"batch_size={self.batch_size} cannot be split between processes={self.processes}: "
+                "make batch_size a multiple of processes"
+            )
         if isinstance(self.targets, str):
             names = [t.strip() for t in self.targets.split(",") if t.strip()]
             self.targets = names[0] if len(names) == 1 and names[0] in TARGET_PRESETS else names

@@ -21,7 +21,7 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from . import progress
+from . import progress, recipe
 from .config import RunConfig
 from .errors import ModelError, did_you_mean
 
@@ -214,19 +214,6 @@ def device(choice: str = "auto") -> str:
     return choice
 
 
-def compute_dtype(config: RunConfig) -> torch.dtype:
-    """float32 on CPU (fast there; bf16 on CPU is emulated), bf16 on GPUs with it, else fp16."""
-    if config.dtype != "auto":
-        return getattr(torch, config.dtype)
-    if device(config.device) == "cpu":
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def gpu_memory_gib() -> float:
-    return torch.cuda.get_device_properties(0).total_memory / 2**30
-
-
 # -- loading -----------------------------------------------------------------------------------------
 def load_base(config: RunConfig) -> tuple[Any, Any, str]:
     """(model, tokenizer, resolved name) for the config's base model and quantisation."""
@@ -234,25 +221,19 @@ def load_base(config: RunConfig) -> tuple[Any, Any, str]:
 
     progress.route_transformers()  # inside a magic, its loading bar becomes one line of the cell
     resolved = resolve_model(config.model)
-    dtype = compute_dtype(config)
-    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": config.trust_remote_code}
-    if config.quantization == "4bit":
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype,
-        )
-    elif config.quantization == "8bit":
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    on = recipe.this_machine(config)
+    kwargs = recipe.model_arguments(config, on)
+    quantization = recipe.quantization_arguments(config, on)
+    if quantization:
+        kwargs["quantization_config"] = BitsAndBytesConfig(**quantization)
+    if config.quantization == "8bit":
         logging.getLogger("bitsandbytes.autograd._functions").addFilter(_not_the_int8_cast_notice)
-    kwargs["device_map"] = {"": 0 if device(config.device) == "cuda" else "cpu"}
-    kwargs["local_files_only"] = hub_offline(resolved, config.model)
+    offline = hub_offline(resolved, config.model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
-            resolved, trust_remote_code=config.trust_remote_code, local_files_only=kwargs["local_files_only"]
+            resolved, **recipe.tokenizer_arguments(config), local_files_only=offline
         )
-        model = AutoModelForCausalLM.from_pretrained(resolved, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(resolved, **kwargs, local_files_only=offline)
     except OSError as error:
         hint = ""
         if config.model in BUILTIN_MODELS:
@@ -309,14 +290,7 @@ def lora_config(config: RunConfig, targets: list[str]) -> Any:
     """PEFT's LoraConfig for a run: what training applies and what a plan counts."""
     from peft import LoraConfig
 
-    return LoraConfig(
-        r=config.r,
-        lora_alpha=config.alpha,
-        lora_dropout=config.dropout,
-        bias=config.bias,
-        target_modules=targets,
-        task_type="CAUSAL_LM",
-    )
+    return LoraConfig(**recipe.lora_arguments(config, targets))
 
 
 def resolve_targets(config: RunConfig, model: nn.Module) -> list[str]:

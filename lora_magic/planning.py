@@ -19,10 +19,11 @@ import warnings
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from . import recipe
 from .config import RunConfig
 from .errors import ConfigError, ModelError, did_you_mean
+from .recipe import GIB, Hardware, Target, this_machine
 
-GIB = 2**30
 # Total memory as torch reports it (GiB) and bfloat16 support, of GPUs people fine-tune on.
 GPUS: dict[str, tuple[float, bool]] = {
     "T4": (14.7, False),
@@ -32,7 +33,6 @@ GPUS: dict[str, tuple[float, bool]] = {
     "A100-80": (79.2, True),
     "H100": (79.1, True),
 }
-SMALL_GPU_GIB = 16  # gradient_checkpointing='auto' turns it on below this (as training does)
 TIGHT = 0.9  # share of the memory a run may plan to use: the rest is for the allocator's fragmentation
 ADAMW_STATES = 2  # exp_avg and exp_avg_sq, float32, per trainable parameter
 # TRL scores the vocabulary in tiles of at most this many tokens by this many entries, and never
@@ -51,25 +51,10 @@ RUNTIME_GIB = {"gpu": 0.6, "cpu": 0.07}
 
 
 # -- what the plan is for -----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Target:
-    """The memory a run must fit in: a GPU (named, detected or a size) or the CPU's RAM."""
-
-    name: str
-    memory_gib: float
-    gpu: bool
-    bf16: bool = True
-
-    @property
-    def label(self) -> str:
-        kind = "" if self.gpu else " RAM available"
-        return f"{self.name} ({self.memory_gib:.1f} GiB{kind})"
-
-
 def target(gpu: str | float | None, config: RunConfig) -> Target:
     """A named GPU, a number of GiB, or (None) this machine: its GPU, else its RAM."""
     if gpu is None or gpu in ("", "auto"):
-        return _this_machine(config)
+        return this_machine(config)
     if isinstance(gpu, int | float) or re.fullmatch(r"\d+(\.\d+)?", str(gpu).strip()):
         size = float(gpu)
         if size <= 0:
@@ -85,40 +70,6 @@ def target(gpu: str | float | None, config: RunConfig) -> Target:
         )
     memory, bf16 = GPUS[name]
     return Target(name, memory, gpu=True, bf16=bf16)
-
-
-def _this_machine(config: RunConfig) -> Target:
-    import psutil
-
-    from . import models
-
-    if models.device(config.device) == "cuda":
-        import torch
-
-        properties = torch.cuda.get_device_properties(0)
-        return Target(properties.name, properties.total_memory / GIB, True, torch.cuda.is_bf16_supported())
-    return Target("CPU", psutil.virtual_memory().available / GIB, gpu=False)
-
-
-@dataclass(frozen=True)
-class Hardware:
-    """The choices training makes on a target (see models.compute_dtype and training's trainer)."""
-
-    dtype: str  # of the base weights
-    precision: str  # of the computation: fp32, bf16 or fp16
-    checkpointing: bool
-
-    @classmethod
-    def of(cls, config: RunConfig, on: Target) -> Hardware:
-        half = "bfloat16" if on.bf16 else "float16"
-        dtype = config.dtype if config.dtype != "auto" else (half if on.gpu else "float32")
-        precision = config.precision
-        if precision == "auto":
-            precision = ("bf16" if on.bf16 else "fp16") if on.gpu else "fp32"
-        checkpointing = config.gradient_checkpointing == "on" or (
-            config.gradient_checkpointing == "auto" and on.gpu and on.memory_gib < SMALL_GPU_GIB
-        )
-        return cls(dtype, precision, checkpointing)
 
 
 # -- the model's shapes, from its configuration --------------------------------------------------------
@@ -163,19 +114,25 @@ def read_model_config(config: RunConfig) -> Any:
         ) from None
 
 
-def shapes(config: RunConfig) -> Shapes:
-    """Build the model on the meta device (no memory, no weights), apply the run's LoRA settings with
-    PEFT, and count."""
+def meta_model(config: RunConfig) -> Any:
+    """The config's model built on the meta device: its layers and shapes, no memory, no weights."""
     import torch
-    from peft import get_peft_model
     from transformers import AutoModelForCausalLM
+
+    model_config = read_model_config(config)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(model_config, trust_remote_code=config.trust_remote_code)
+
+
+def shapes(config: RunConfig) -> Shapes:
+    """Build the model on the meta device, apply the run's LoRA settings with PEFT, and count."""
+    from peft import get_peft_model
     from transformers.quantizers.base import get_keys_to_not_convert
 
     from . import models
 
-    model_config = read_model_config(config)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(model_config, trust_remote_code=config.trust_remote_code)
+    model = meta_model(config)
+    model_config = model.config
     kept_in_float = set(get_keys_to_not_convert(model))
     quantizable = [
         layer
@@ -596,7 +553,7 @@ def total_steps(config: RunConfig) -> int | None:
     from .data import split_records
 
     train, _ = split_records(config)
-    return math.ceil(len(train) / (config.batch_size * config.grad_accum) * config.epochs)
+    return recipe.total_steps(config, len(train))
 
 
 def describe_estimate(record: dict[str, Any] | None) -> str:

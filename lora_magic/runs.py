@@ -30,6 +30,8 @@ from .errors import RunError, did_you_mean
 from .events import ACTIVE, INTERRUPTED, STATUSES, UNREADABLE
 
 STOP_REQUEST = "stop-request"
+PAUSE_REQUEST = "pause-request"
+WORKER_LOG = "worker.log"  # the output of a run's worker processes (detached.py)
 COMPLETE_MARK = "COMPLETE"
 
 
@@ -248,14 +250,15 @@ class RunStore:
         """Delete run `name`'s folder and everything in it."""
         shutil.rmtree(self.path(name), ignore_errors=True)
 
-    def write(self, name: str, record: dict[str, Any]) -> None:
-        record = {**record, "updated": time.time(), "pid": os.getpid(), "host": socket.gethostname()}
+    def write(self, name: str, record: dict[str, Any], pid: int | None = None) -> None:
+        """Write run.json, naming the process that trains the run: this one unless `pid` is given."""
+        record = {**record, "updated": time.time(), "pid": pid or os.getpid(), "host": socket.gethostname()}
         write_json_atomic(self.path(name) / "run.json", record)
 
-    def update(self, name: str, **changes: Any) -> dict[str, Any]:
+    def update(self, name: str, pid: int | None = None, **changes: Any) -> dict[str, Any]:
         file = self.path(name) / "run.json"
         record = {**json.loads(file.read_text(encoding="utf-8")), **changes}
-        self.write(name, record)
+        self.write(name, record, pid)
         return record
 
     def append_event(self, name: str, event: dict[str, Any]) -> None:
@@ -277,8 +280,23 @@ class RunStore:
     def stop_requested(self, name: str) -> bool:
         return (self.path(name) / STOP_REQUEST).exists()
 
-    def clear_stop_request(self, name: str) -> None:
-        (self.path(name) / STOP_REQUEST).unlink(missing_ok=True)
+    def request_pause(self, name: str, paused: bool = True) -> None:
+        """Ask the process training `name` to hold after its current step (paused=False: go on)."""
+        record = self.read(name)
+        if record["status"] not in ACTIVE:
+            raise RunError(f"run {name!r} is {record['status']}, not running; nothing to pause or resume")
+        if paused:
+            self.file(name, PAUSE_REQUEST).write_text(str(time.time()))
+        else:
+            self.file(name, PAUSE_REQUEST).unlink(missing_ok=True)
+
+    def pause_requested(self, name: str) -> bool:
+        return (self.path(name) / PAUSE_REQUEST).exists()
+
+    def clear_requests(self, name: str) -> None:
+        """Forget stop and pause requests: a run that starts or ends obeys none left over."""
+        for request in (STOP_REQUEST, PAUSE_REQUEST):
+            (self.path(name) / request).unlink(missing_ok=True)
 
 
 def _event(line: bytes) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ publishes events to subscribers (widgets, the magics) and to the run store (othe
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import importlib.metadata
 import logging
@@ -27,10 +28,10 @@ from typing import Any
 import torch
 from transformers import PrinterCallback, TrainerCallback
 
-from . import models, planning, tracking
+from . import models, planning, recipe, tracking
 from .adapter_card import adapter_card
 from .config import RunConfig
-from .data import Prepared, prepare, prompt_for
+from .data import Prepared, load_tokenizer, prepare, prompt_for
 from .errors import ConfigError, RunError
 from .events import (
     ACTIVE,
@@ -67,8 +68,11 @@ class BestWeights:
 class Run:
     """A fine-tuning run in this kernel: its progress, events and controls."""
 
-    def __init__(self, name: str, config: RunConfig, store: RunStore):
+    stops_on_interrupt = True  # a kernel interrupt while it is watched stops it gracefully
+
+    def __init__(self, name: str, config: RunConfig, store: RunStore, main: bool = True):
         self.name, self.config, self.store = name, config, store
+        self.main = main  # False in the other processes of a multi-process run: they write nothing
         self.path = store.path(name)
         self.status = RUNNING
         self.step, self.total_steps = 0, 0
@@ -176,14 +180,16 @@ class Run:
         return f"<Run {self.name!r}: {self.status}, {progress}{loss}, {self.path}>"
 
     # -- worker side ---------------------------------------------------------------------------
+    def _paused(self) -> bool:
+        return not self._running.is_set() or self.store.pause_requested(self.name)
+
     def _wait_while_paused(self) -> None:
-        if not self._running.is_set():
-            self._set_status(PAUSED)
-            while not self._running.wait(0.2):
-                if self.store.stop_requested(self.name):
-                    self._stop.set()
-                    break
-            self._set_status(RUNNING)
+        if not self._paused():
+            return
+        self._set_status(PAUSED)
+        while self._paused() and not self._stop_wanted():
+            time.sleep(0.2)
+        self._set_status(RUNNING)
 
     def _stop_wanted(self) -> bool:
         return self._stop.is_set() or self.store.stop_requested(self.name)
@@ -198,8 +204,9 @@ class Run:
 
     def _set_status(self, status: str, **fields: Any) -> None:
         self.status = status
-        self.store.update(self.name, status=status, step=self.step, total_steps=self.total_steps, **fields)
+        # the event first: a reader that sees the run ended in run.json has its last event too
         self.publish({"type": STATUS, "status": status, "step": self.step, **fields})
+        self.store.update(self.name, status=status, step=self.step, total_steps=self.total_steps, **fields)
 
     def _end(self, status: str, **fields: Any) -> None:
         """Record how the run ended. When even that cannot be written (a full disk), the run still
@@ -279,15 +286,23 @@ def train(
 ) -> Run:
     """Start fine-tuning in the background and return the Run; `run.wait()` blocks until it ends.
 
-    `sweep` ({name, knobs}) is recorded in run.json when the run is part of a sweep (sweeps.py)."""
+    With launch='process' or 'accelerate' the run trains in worker processes (worker.py) and the
+    Run returned follows it from the run store. `sweep` ({name, knobs}) is recorded in run.json
+    when the run is part of a sweep (sweeps.py)."""
     config = (config or RunConfig()).replace(**settings)
     tracking.check(config)
     store = RunStore(runs_dir)
-    _manager.ensure_idle()
     shared = session()
-    shared.ensure_base(config)
-    prepared = prepare(config, shared.tokenizer)
-    targets = models.resolve_targets(config, shared.base_model)
+    in_kernel = config.launch == "kernel"
+    if in_kernel:
+        _manager.ensure_idle()
+        shared.ensure_base(config)
+        tokenizer, model, resolved = shared.tokenizer, shared.base_model, shared.resolved
+    else:  # the workers load the weights: here the tokenizer and the model's shape are enough
+        tokenizer, model = load_tokenizer(config), planning.meta_model(config)
+        resolved = models.resolve_model(config.model)
+    prepared = prepare(config, tokenizer)
+    targets = models.resolve_targets(config, model)
     heads = [t for t in targets if t.rsplit(".", 1)[-1] in models.OUTPUT_HEADS]
     if heads:
         raise ConfigError(
@@ -305,15 +320,16 @@ def train(
         "created": time.time(),
         "config": config.to_dict(),
         "model": config.model,
-        "resolved_model": shared.resolved,
+        "resolved_model": resolved,
         "quantization": config.quantization,
         "device": models.device(config.device),
+        "target": dataclasses.asdict(recipe.this_machine(config)),
         "versions": _versions(),
         "data_fingerprint": prepared.fingerprint,
         "cleaning": prepared.cleaning,
         "examples": {"train": len(prepared.train_records), "eval": len(prepared.eval_records)},
         "sweep": sweep,
-        "base_fingerprint": models.base_fingerprint(shared.resolved),
+        "base_fingerprint": models.base_fingerprint(resolved),
         "targets": targets,
         "plan": planning.record(config),  # the estimate, to compare with the run's peak memory
         "step": 0,
@@ -322,6 +338,15 @@ def train(
         "error": None,
     }
     store.create(name, record, data={"train": prepared.train_records, "eval": prepared.eval_records})
+    if not in_kernel:
+        from .detached import launch
+
+        try:
+            _manager.last = launch(store, name, config)
+        except BaseException:
+            store.remove(name)
+            raise
+        return _manager.last
     run = Run(name, config, store)
     try:
         run._set_status(RUNNING)  # the first event, so every view sees the run from its start
@@ -338,7 +363,8 @@ def train(
 
 
 def resume(name: str, config: RunConfig | None = None, *, runs_dir: str | Path | None = None) -> Run:
-    """Continue run `name` from its last complete checkpoint, e.g. after a kernel restart.
+    """Continue run `name` in this kernel from its last complete checkpoint, e.g. after a kernel
+    restart or a worker process that died.
 
     A different config (when given) or a changed base model is refused before anything loads.
     """
@@ -374,23 +400,44 @@ def resume(name: str, config: RunConfig | None = None, *, runs_dir: str | Path |
         raise RunError(
             f"cannot resume {name!r}: the base model {stored.model!r} changed since the run started"
         )
-    folder = store.path(name)
-    stored = stored.replace(
-        data=str(folder / "data" / "train.jsonl"), eval_data=str(folder / "data" / "eval.jsonl")
+    store.clear_requests(name)
+    return _train_from_folder(store, record, checkpoint)
+
+
+def train_folder(store: RunStore, name: str, main: bool = True) -> Run:
+    """Train run `name` from its folder alone (the worker's job), from its last complete
+    checkpoint when it has one. `main`: this process writes the run's files (rank 0)."""
+    record = store.read(name)
+    if record["status"] not in (RUNNING, *RESUMABLE):
+        raise RunError(f"run {name!r} is {record['status']}; there is nothing left to train")
+    tracking.check(stored_config(record))
+    return _train_from_folder(store, record, store.last_checkpoint(name), main)
+
+
+def _train_from_folder(
+    store: RunStore, record: dict[str, Any], checkpoint: Path | None, main: bool = True
+) -> Run:
+    """Start training a stored run on the records saved in its folder."""
+    name, folder = record["name"], store.path(record["name"])
+    stored = stored_config(record).replace(
+        data=str(folder / "data" / "train.jsonl"),
+        eval_data=str(folder / "data" / "eval.jsonl"),
+        eval_fraction=0.0,
+        max_examples=None,
     )
-    stored = stored.replace(eval_fraction=0.0, max_examples=None)
     shared = session()
     shared.ensure_base(stored)
     prepared = prepare(stored, shared.tokenizer)
     if prepared.fingerprint != record["data_fingerprint"]:
-        raise RunError(f"cannot resume {name!r}: its saved data under {folder / 'data'} was modified")
-    store.clear_stop_request(name)
-    run = Run(name, stored, store)
+        raise RunError(f"cannot train {name!r}: its saved data under {folder / 'data'} was modified")
+    run = Run(name, stored, store, main)
     run.events = store.events(name)[0]
-    run.step, run.total_steps = int(checkpoint.name.rsplit("-", 1)[1]), record.get("total_steps") or 0
+    run.total_steps = record.get("total_steps") or 0
+    run.step = int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else 0
     try:
         # the steps after the checkpoint are trained again: their old events are superseded
-        run._set_status(RUNNING, resumed_from=run.step)
+        retrained = checkpoint is not None or any(e.get("type") != STATUS for e in run.events)
+        run._set_status(RUNNING, **({"resumed_from": run.step} if retrained else {}))
         run.events = current(run.events)
         if name in shared.adapters:
             shared.delete_adapter(name)
@@ -441,10 +488,11 @@ def _work(run: Run, prepared: Prepared, resume_from: Path | None) -> None:
         if run._rollback_wanted:
             run._restore_best()
         stopped = run._stop_wanted() and run.step < run.total_steps
-        if run.config.evaluate and not stopped:
+        if run.config.evaluate and not stopped and run.main:
             _evaluate(run, prepared)
-        card = adapter_card(run.store.read(run.name), run.metrics)
-        shared.save_adapter(run.name, run.path / "adapter", card=card)
+        if run.main:
+            card = adapter_card(run.store.read(run.name), run.metrics)
+            shared.save_adapter(run.name, run.path / "adapter", card=card)
         run._end(
             STOPPED if stopped else COMPLETED,
             metrics=run.metrics,
@@ -466,9 +514,10 @@ def _work(run: Run, prepared: Prepared, resume_from: Path | None) -> None:
         run.error = str(no_space(error, run.store.root) or f"{type(error).__name__}: {error}")
         run._end(FAILED, error=run.error, finished=time.time())
     finally:
-        tracking.finish(run)  # also of a failed run, which its tracker then shows as failed
-        with contextlib.suppress(OSError):
-            run.store.clear_stop_request(run.name)
+        if run.main:
+            tracking.finish(run)  # also of a failed run, which its tracker then shows as failed
+            with contextlib.suppress(OSError):
+                run.store.clear_requests(run.name)
         trainer = None  # with its optimizer state, so that the memory can go back
         _release_memory()
         shared.release(_lease(run))
@@ -504,67 +553,24 @@ def _build_trainer(run: Run, model: Any, tokenizer: Any, prepared: Prepared) -> 
     from trl import SFTConfig, SFTTrainer
 
     datasets.disable_progress_bars()
-
-    config = run.config
-    on_gpu = models.device(config.device) == "cuda"
-    precision = config.precision
-    if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if on_gpu else "fp32"
-    checkpointing = config.gradient_checkpointing == "on" or (
-        config.gradient_checkpointing == "auto" and on_gpu and models.gpu_memory_gib() < 16
-    )
     has_eval = bool(prepared.eval)
-    steps = config.steps or math.ceil(
-        len(prepared.train) / (config.batch_size * config.grad_accum) * config.epochs
-    )
-    args = SFTConfig(
+    args = recipe.trainer_arguments(
+        run.config,
+        recipe.this_machine(run.config),
         output_dir=str(run.path / "checkpoints"),
-        max_steps=config.steps or -1,
-        num_train_epochs=config.epochs,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        learning_rate=config.learning_rate,
-        warmup_steps=config.warmup_steps,
-        lr_scheduler_type=config.scheduler,
-        seed=config.seed,
-        logging_steps=1,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=config.eval_every or max(1, steps // 10),
-        eval_on_start=has_eval,
-        save_strategy="steps" if config.save_every else "no",
-        save_steps=config.save_every or steps,
-        save_total_limit=2,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        **{checkpointing_argument(): checkpointing},
-        max_length=config.max_length,
-        include_num_input_tokens_seen="non_padding",
-        train_sampling_strategy="sequential" if config.order == "length" else "random",
-        dataloader_pin_memory=on_gpu,
-        use_cpu=not on_gpu,
-        report_to="none",
-        disable_tqdm=True,
+        train_examples=len(prepared.train),
+        has_eval=has_eval,
     )
     trainer = SFTTrainer(
         model=model,
-        args=args,
+        args=SFTConfig(**args),
         train_dataset=datasets.Dataset.from_list(prepared.train),
         eval_dataset=datasets.Dataset.from_list(prepared.eval) if has_eval else None,
         processing_class=tokenizer,
-        callbacks=[RunCallback(run), *tracking.callbacks(run)],
+        callbacks=[RunCallback(run), *(tracking.callbacks(run) if run.main else [])],
     )
     trainer.remove_callback(PrinterCallback)  # progress goes through run events, not stdout
     return trainer
-
-
-def checkpointing_argument() -> str:
-    """The trainer's name for gradient checkpointing: newer transformers call it
-    activation_checkpointing and warn on the old name."""
-    from transformers import TrainingArguments
-
-    fields = TrainingArguments.__dataclass_fields__
-    return "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
 
 
 class RunCallback(TrainerCallback):
@@ -592,7 +598,7 @@ class RunCallback(TrainerCallback):
         if config.probes and (run.step % every == 0 or run.step == run.total_steps):
             self._probe(run.step)
         run._wait_while_paused()
-        if run._stop_wanted() and run.step < run.total_steps:
+        if _on_every_rank(run._stop_wanted()) and run.step < run.total_steps:
             control.should_training_stop = True
             control.should_save = True  # so a stopped run can be resumed
         return control
@@ -656,14 +662,14 @@ class RunCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if folder.is_dir():
+        if folder.is_dir() and state.is_world_process_zero:
             (folder / COMPLETE_MARK).write_text(str(time.time()))
             self.run.publish({"type": "checkpoint", "step": state.global_step, "path": str(folder)})
 
     def _probe(self, step: int) -> None:
         """Answer each probe prompt with the base (adapter disabled) and the adapter being trained."""
         run = self.run
-        if not run.config.probes:
+        if not run.config.probes or not run.main:
             return
         shared = session()
         model, tokenizer = shared.model, shared.tokenizer
@@ -689,6 +695,19 @@ class RunCallback(TrainerCallback):
                 )
         finally:
             model.train(was_training)
+
+
+def _on_every_rank(stop: bool) -> bool:
+    """Whether any process of the run wants to stop: all processes stop at the same step, or the
+    others would wait for it forever. One process decides alone."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return stop
+    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    wanted = torch.tensor([int(stop)], device=on)
+    dist.all_reduce(wanted, op=dist.ReduceOp.MAX)
+    return bool(wanted.item())
 
 
 def _advice(run: Run) -> str:

@@ -16,6 +16,8 @@ from IPython.display import display
 
 from ..config import fields_by_section
 from ..errors import LoraMagicError, did_you_mean
+from ..events import ACTIVE
+from ..runs import WORKER_LOG
 from .code import plain_code
 from .options import config_arguments, config_values
 
@@ -230,6 +232,7 @@ def describe(store: Any, name: str) -> str:
         f"  adapter      {adapter if (adapter / 'adapter_config.json').is_file() else 'not saved yet'}",
         f"  checkpoint   {checkpoint or 'none'}",
         f"  events       {folder / 'events.jsonl'}",
+        *([f"  worker log   {folder / WORKER_LOG}"] if (folder / WORKER_LOG).is_file() else []),
         f"  data         {folder / 'data'}",
         "  settings",
     ]
@@ -241,13 +244,14 @@ def describe(store: Any, name: str) -> str:
 
 
 def kernel_runs() -> tuple[Any, Any]:
-    """(training run, last run) of this kernel; none before the engine was first imported."""
+    """(training run, last run) of this kernel, counting one it launched in worker processes; none
+    before the engine was first imported."""
     if "lora_magic.training" not in sys.modules:
         return None, None
     from ..training import manager
 
     active, last = manager().active, manager().last
-    return (active if active and not active.done else None), last
+    return next((run for run in (active, last) if run and not run.done), None), last
 
 
 def last_run_name(magics: LoraMagics, name: str | None) -> str:
@@ -273,6 +277,22 @@ def kernel_run(name: str | None, action: str) -> Any:
     return run
 
 
+def any_run(magics: LoraMagics, name: str | None, action: str) -> Any:
+    """This kernel's run (default: the training or last one), or any run of the store by name,
+    followed through its folder (a run training in another process, or one that has ended)."""
+    active, last = kernel_runs()
+    run = active or last
+    if run is not None and name in (None, run.name):
+        return run
+    if name is None:
+        raise UsageError(
+            f"no run has been started in this kernel; name the run to {action} (%lora runs lists them)"
+        )
+    from ..detached import Detached
+
+    return Detached(magics.store, name)
+
+
 @command("stop")
 @argument("run", nargs="?", metavar="RUN", help="Run to stop, also one training in another process.")
 def stop(magics: LoraMagics, args: Any) -> None:
@@ -289,9 +309,10 @@ def stop(magics: LoraMagics, args: Any) -> None:
 
 
 @command("pause")
+@argument("run", nargs="?", metavar="RUN", help="Run to pause, also one training in another process.")
 def pause(magics: LoraMagics, args: Any) -> None:
-    """Hold this kernel's run after the current step, keeping its state, until %lora resume."""
-    run = kernel_run(None, "pause")
+    """Hold a run after the current step, keeping its state, until %lora resume."""
+    run = any_run(magics, args.run, "pause")
     run.pause()
     print(f"Pausing run {run.name!r} after the current step; %lora resume continues it.")
 
@@ -322,19 +343,29 @@ def resume(magics: LoraMagics, args: Any) -> Any:
         active.resume()
         print(f"Resumed run {active.name!r}.")
         return None
+    name = last_run_name(magics, args.run)
+    if magics.store.read(name)["status"] in ACTIVE:  # paused in another process: let it go on
+        magics.store.request_pause(name, paused=False)
+        print(f"Resumed run {name!r}.")
+        return None
     import lora_magic
 
-    run = lora_magic.resume(last_run_name(magics, args.run), runs_dir=magics.runs_root)
+    run = lora_magic.resume(name, runs_dir=magics.runs_root)
     magics.watch(run, background=args.background)
     return run
 
 
 @command("watch")
-@argument("run", nargs="?", metavar="RUN", help="Run of this kernel. Default: the training or last one.")
+@argument(
+    "run",
+    nargs="?",
+    metavar="RUN",
+    help="Run to follow, also one training in another process. Default: this kernel's training or last one.",
+)
 @argument("--background", action="store_true", help="Return at once; the dashboard keeps updating.")
 def watch(magics: LoraMagics, args: Any) -> Any:
-    """Show the live dashboard of this kernel's run (interrupt = graceful stop)."""
-    run = kernel_run(args.run, "watch")
+    """Show a run's live dashboard until it ends (interrupt: a kernel's run stops, a worker's trains on)."""
+    run = any_run(magics, args.run, "watch")
     magics.watch(run, background=args.background)
     return run
 
@@ -406,9 +437,15 @@ def sampling(args: Any) -> dict[str, Any]:
 
 
 def load_runs(magics: LoraMagics, names: list[str]) -> None:
-    """Load the adapters of runs named here that the session does not hold yet."""
+    """Load the adapters of runs named here that the session does not hold yet. Named none, the
+    kernel's last run when it trained in another process: its adapter is on disk, not in memory."""
     from ..generation import session
 
+    _, last = kernel_runs()
+    if not names and last is not None and last.adapter_path:
+        from ..detached import Detached
+
+        names = [last.name] if isinstance(last, Detached) else []
     stored = magics.store.names()
     for name in names:
         if name != BASE and name not in session().adapters and name in stored:

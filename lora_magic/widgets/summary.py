@@ -5,6 +5,8 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from ..events import ACTIVE
+
 EMPTY_ANSWER = "(empty answer)"
 
 
@@ -48,8 +50,17 @@ def answer_html(text: str) -> str:
 def final(run: Any) -> list[str]:
     """What happened, where the adapter is and what to do next, as lines of text."""
     name = run.name
+    if run.status in ACTIVE:  # the watching ended, not the run: it trains in another process
+        return [
+            f"Run {name} is still {run.status} in another process (step {run.step}/{run.total_steps}); "
+            f"%lora watch {name} follows it again, %lora stop {name} stops it"
+        ]
     if run.status == "failed":
         return [f"Run {name} failed at step {run.step}: {run.error}"]
+    if run.status == "interrupted":
+        return [f"Run {name} was interrupted at step {run.step}: {run.error}"] + (
+            [f"Continue training with lora_magic.resume('{name}')"] if run.store.last_checkpoint(name) else []
+        )
     metrics = run.metrics
     lines = [
         f"Run {name} {run.status} after {run.step}/{run.total_steps} steps"

@@ -83,6 +83,8 @@ def pump(run: Any, view: Dashboard | TextProgress, poll: float = 0.25) -> None:
                 if id(event) not in replayed:
                     view.handle(event)
             except KeyboardInterrupt:
+                if not run.stops_on_interrupt:
+                    break  # a run in another process trains on: only the watching ends
                 view.stop()
     finally:
         unsubscribe()

@@ -1,12 +1,19 @@
-"""`%lora show --code`: the plain code's templates render exactly what lora_magic trains on."""
+"""`%lora show --code`: the plain code renders what lora_magic trains on, and, run with plain python in a
+fresh process, trains as the run did."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
+import lora_magic as lm
 from lora_magic.config import RunConfig
-from lora_magic.data import render
-from lora_magic.magics.code import _model, _template
+from lora_magic.data import load_tokenizer, render
+from lora_magic.magics.code import _template, plain_code
+from lora_magic.runs import RunStore
 
 
 @pytest.mark.parametrize(
@@ -28,25 +35,47 @@ def test_plain_template_matches_the_engine(settings, record):
     config = RunConfig(**settings)
     namespace: dict = {}
     exec("\n".join(_template(config)), namespace)
-    example = namespace["to_example"](record)
-    assert (example["prompt"], example["completion"]) == render(record, 0, config, tokenizer=None)
+    assert namespace["to_example"](record) == render(record, 0, config, tokenizer=None)
 
 
-def test_chat_template_is_conversational():
-    config = RunConfig(template="chat", system_prompt="Be brief.")
-    namespace: dict = {}
+def test_chat_template_matches_the_engine(tiny_model_dir):
+    config = RunConfig(model=tiny_model_dir, template="chat", system_prompt="Be brief.")
+    tokenizer = load_tokenizer(config)
+    namespace: dict = {"tokenizer": tokenizer}
     exec("\n".join(_template(config)), namespace)
-    example = namespace["to_example"]({"instruction": "Hi", "input": "there", "response": "Hello"})
-    assert example == {
-        "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi\n\nthere"}],
-        "completion": [{"role": "assistant", "content": "Hello"}],
-    }
+    record = {"instruction": "Hi", "input": "there", "response": "Hello"}
+    prompt, completion = namespace["to_example"](record)
+    assert (prompt, completion) == render(record, 0, config, tokenizer)
+    assert "Be brief." in prompt and completion.startswith("Hello")
 
 
-@pytest.mark.parametrize("quantization", ["4bit", "8bit"])
-def test_quantized_runs_load_through_bitsandbytes(quantization):
-    code = "\n".join(_model(RunConfig(quantization=quantization), on_gpu=True))
-    compile(code, "model.py", "exec")
-    assert "quantization_config=quantization" in code
-    assert ("load_in_4bit=True" in code) == (quantization == "4bit")
-    assert "bnb_4bit_use_double_quant=True" in code or quantization == "8bit"
+def step_losses(events: list[dict]) -> list[float]:
+    return [event["loss"] for event in events if event["type"] == "log"]
+
+
+@pytest.mark.parametrize("quantization", ["none", "4bit"])
+def test_the_shown_code_trains_as_the_run_did(quantization, tiny_model_dir, records, runs_dir, tmp_path):
+    run = lm.train(
+        model=tiny_model_dir,
+        data=records,
+        name=f"shown-{quantization}",
+        quantization=quantization,
+        steps=5,
+        learning_rate=1e-3,
+        runs_dir=runs_dir,
+    ).wait()
+    assert run.status == "completed", run.error
+    code = plain_code(RunStore(runs_dir), run.name)
+    assert ("BitsAndBytesConfig(" in code) == (quantization == "4bit")
+    script = tmp_path / "plain.py"
+    report = "print('LOSSES', json.dumps([h['loss'] for h in trainer.state.log_history if 'loss' in h]))"
+    script.write_text(code + report + "\n")
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    plain = json.loads(done.stdout.split("LOSSES", 1)[1])
+    ours = step_losses(run.events)
+    assert len(ours) == len(plain) == 5
+    assert plain == pytest.approx(ours, abs=1e-4)
+    assert (tmp_path / f"{run.name}-plain" / "adapter" / "adapter_config.json").is_file()

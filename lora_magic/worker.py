@@ -1,0 +1,65 @@
+"""`python -m lora_magic.worker RUN_FOLDER`: train a run from its folder alone.
+
+The folder holds everything a run needs: its settings (run.json) and the exact records it trains
+on (data/). The worker trains it as the kernel's manager does, writing the same events,
+checkpoints, status and adapter, and obeying the stop and pause requests left in the folder; a
+folder with a complete checkpoint continues from it. Copy the folder to another machine and the
+same command runs it there, also under `accelerate launch` or `torchrun` (one process per GPU):
+then every process trains and the first alone writes.
+
+Exit status: 0 when the run completed or was stopped, 1 when it failed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .events import COMPLETED, FAILED, STATUS, STOPPED
+from .runs import RunStore
+
+
+class FollowingStore(RunStore):
+    """The run store as the other processes of a multi-process run use it: read, never written."""
+
+    def write(self, name: str, record: dict[str, Any], pid: int | None = None) -> None:
+        pass
+
+    def append_event(self, name: str, event: dict[str, Any]) -> None:
+        pass
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m lora_magic.worker RUN_FOLDER", file=sys.stderr)
+        return 2
+    folder = Path(argv[0]).resolve()
+    if not (folder / "run.json").is_file():
+        print(f"{folder} is not a run folder: it has no run.json", file=sys.stderr)
+        return 2
+    from . import training
+
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    store = (RunStore if main_process else FollowingStore)(folder.parent)
+    # SIGTERM (a scheduler's cancel, kill) stops the run gracefully, as an interrupt does
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    try:
+        run = training.train_folder(store, folder.name, main=main_process)
+    except Exception as error:  # before the training started: the run itself says why, not only this log
+        if store.read(folder.name)["status"] != COMPLETED:
+            reason = f"{type(error).__name__}: {error}"
+            event = {"time": time.time(), "type": STATUS, "status": FAILED, "step": 0, "error": reason}
+            store.append_event(folder.name, event)
+            store.update(folder.name, status=FAILED, error=reason, finished=time.time())
+        raise
+    run.wait()
+    print(f"run {run.name!r} {run.status}" + (f": {run.error}" if run.error else ""), flush=True)
+    return 0 if run.status in (COMPLETED, STOPPED) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
