@@ -8,8 +8,6 @@ import nbformat
 import pytest
 from tornado.httpclient import HTTPClientError
 
-import lora_magic as lm
-
 
 def make_run(store, name, status="completed", events=(), **fields):
     store.create(
@@ -155,13 +153,13 @@ async def test_stop_is_post_only(jp_fetch, store):
     assert not store.stop_requested("training")
 
 
-async def test_notebook_template_is_a_valid_notebook_using_the_public_api(jp_fetch):
+async def test_notebook_template_is_a_valid_notebook_using_the_magics(jp_fetch):
     notebook = nbformat.reads(json.dumps(await get_json(jp_fetch, "notebook-template")), as_version=4)
     nbformat.validate(notebook)
-    code = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
-    assert "lm.train(" in code
-    for name in ("train", "preview", "compare"):
-        assert f"lm.{name}(" in code and name in lm.__all__
+    cells = [cell.source.splitlines()[0] for cell in notebook.cells if cell.cell_type == "code"]
+    assert cells[0] == "%load_ext lora_magic"
+    for magic in ("%lora preview", "%%finetune", "%%compare"):
+        assert any(line.startswith(magic) for line in cells), magic
 
 
 async def test_the_listing_carries_a_diverging_runs_warning(jp_fetch, store):
