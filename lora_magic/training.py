@@ -9,7 +9,6 @@ publishes events to subscribers (widgets, the magics) and to the run store (othe
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import gc
 import importlib.metadata
@@ -547,15 +546,6 @@ def _release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    _trim_heap()
-
-
-def _trim_heap() -> None:
-    """Give the C heap's free memory back to the system. Each run trains in a thread of its own,
-    which glibc serves from an arena of its own: untrimmed, every run's freed memory stays with the
-    kernel, which then grows run after run (and so does each run's measured peak)."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim this way
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _build_trainer(run: Run, model: Any, tokenizer: Any, prepared: Prepared) -> Any:
@@ -748,7 +738,6 @@ def _reset_peak_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
         return
-    _trim_heap()  # so that the peak starts from what the process holds, not from what it freed
     with contextlib.suppress(OSError):  # Linux: "5" resets the process's peak resident set size
         Path("/proc/self/clear_refs").write_text("5")
 
