@@ -26,6 +26,8 @@ from .runs import RunStore
 class FollowingStore(RunStore):
     """The run store as the other processes of a multi-process run use it: read, never written."""
 
+    writable = False
+
     def write(self, name: str, record: dict[str, Any], pid: int | None = None) -> None:
         pass
 
@@ -43,12 +45,12 @@ def main(argv: list[str]) -> int:
         return 2
     from . import training
 
-    main_process = int(os.environ.get("RANK", "0")) == 0
-    store = (RunStore if main_process else FollowingStore)(folder.parent)
-    # SIGTERM (a scheduler's cancel, kill) stops the run gracefully, as an interrupt does
-    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    store = (RunStore if int(os.environ.get("RANK", "0")) == 0 else FollowingStore)(folder.parent)
+    # SIGTERM (a scheduler's cancel, kill) stops the run gracefully, as an interrupt does. It raises
+    # the KeyboardInterrupt itself: a process started in the background inherits SIGINT ignored.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        run = training.train_folder(store, folder.name, main=main_process)
+        run = training.train_folder(store, folder.name)
     except Exception as error:  # before the training started: the run itself says why, not only this log
         if store.read(folder.name)["status"] != COMPLETED:
             reason = f"{type(error).__name__}: {error}"
@@ -59,6 +61,10 @@ def main(argv: list[str]) -> int:
     run.wait()
     print(f"run {run.name!r} {run.status}" + (f": {run.error}" if run.error else ""), flush=True)
     return 0 if run.status in (COMPLETED, STOPPED) else 1
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
