@@ -84,6 +84,8 @@ def stored_config(record: dict[str, Any]) -> RunConfig:
 class RunStore:
     """Runs under one root folder. Every name is validated and every path confined to the root."""
 
+    writable = True  # False for a multi-process run's other processes (worker.FollowingStore)
+
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = Path(root) if root is not None else default_root()
 

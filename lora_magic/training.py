@@ -70,9 +70,8 @@ class Run:
 
     stops_on_interrupt = True  # a kernel interrupt while it is watched stops it gracefully
 
-    def __init__(self, name: str, config: RunConfig, store: RunStore, main: bool = True):
+    def __init__(self, name: str, config: RunConfig, store: RunStore):
         self.name, self.config, self.store = name, config, store
-        self.main = main  # False in the other processes of a multi-process run: they write nothing
         self.path = store.path(name)
         self.status = RUNNING
         self.step, self.total_steps = 0, 0
@@ -111,6 +110,12 @@ class Run:
     @property
     def done(self) -> bool:
         return self._done.is_set()
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes the run's files: the other processes of a multi-process
+        run train from a store they only read (worker.py) and leave the adapter to the first."""
+        return self.store.writable
 
     @property
     def adapter_path(self) -> Path | None:
@@ -404,19 +409,17 @@ def resume(name: str, config: RunConfig | None = None, *, runs_dir: str | Path |
     return _train_from_folder(store, record, checkpoint)
 
 
-def train_folder(store: RunStore, name: str, main: bool = True) -> Run:
+def train_folder(store: RunStore, name: str) -> Run:
     """Train run `name` from its folder alone (the worker's job), from its last complete
-    checkpoint when it has one. `main`: this process writes the run's files (rank 0)."""
+    checkpoint when it has one."""
     record = store.read(name)
     if record["status"] not in (RUNNING, *RESUMABLE):
         raise RunError(f"run {name!r} is {record['status']}; there is nothing left to train")
     tracking.check(stored_config(record))
-    return _train_from_folder(store, record, store.last_checkpoint(name), main)
+    return _train_from_folder(store, record, store.last_checkpoint(name))
 
 
-def _train_from_folder(
-    store: RunStore, record: dict[str, Any], checkpoint: Path | None, main: bool = True
-) -> Run:
+def _train_from_folder(store: RunStore, record: dict[str, Any], checkpoint: Path | None) -> Run:
     """Start training a stored run on the records saved in its folder."""
     name, folder = record["name"], store.path(record["name"])
     stored = stored_config(record).replace(
@@ -430,7 +433,7 @@ def _train_from_folder(
     prepared = prepare(stored, shared.tokenizer)
     if prepared.fingerprint != record["data_fingerprint"]:
         raise RunError(f"cannot train {name!r}: its saved data under {folder / 'data'} was modified")
-    run = Run(name, stored, store, main)
+    run = Run(name, stored, store)
     run.events = store.events(name)[0]
     run.total_steps = record.get("total_steps") or 0
     run.step = int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else 0
