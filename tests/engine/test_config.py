@@ -27,6 +27,12 @@ def test_every_setting_has_help_and_a_section():
         ({"template": "custom"}, r"template='custom' needs prompt_format and response_format"),
         ({"name": "../escape"}, r"not a valid run name"),
         ({"probes": [1, 2]}, r"probes=\[1, 2\] is not valid; it must be a list of prompt strings"),
+        ({"launch": "slurm"}, r"launch='slurm' is not valid; choose one of: kernel, process, accelerate"),
+        ({"processes": 2}, r"processes=2 needs launch='accelerate'"),
+        (
+            {"launch": "accelerate", "processes": 3, "batch_size": 4},
+            r"batch_size=4 cannot be split between processes=3",
+        ),
     ],
 )
 def test_bad_values_name_the_setting_and_what_is_valid(settings, message):
@@ -59,3 +65,17 @@ def test_to_dict_describes_in_memory_data_and_round_trips():
     assert saved["data"] == "<list: 1 rows>"
     restored = RunConfig.from_dict({k: v for k, v in saved.items() if k != "data"})
     assert restored.r == 4 and restored.to_dict() | {"data": None} == saved | {"data": None}
+
+
+def test_a_batch_that_the_launched_processes_cannot_share_is_refused(monkeypatch):
+    from lora_magic import recipe
+
+    on = recipe.Target("CPU", 8.0, gpu=False)
+    arguments = dict(output_dir="out", train_examples=40, has_eval=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as accelerate launch / torchrun set it
+    assert (
+        recipe.trainer_arguments(RunConfig(batch_size=4), on, **arguments)["per_device_train_batch_size"] == 2
+    )
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(ConfigError, match=r"batch_size=4 cannot be split between 3 processes"):
+        recipe.trainer_arguments(RunConfig(batch_size=4), on, **arguments)
