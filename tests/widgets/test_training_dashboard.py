@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import _thread
 import re
+import signal
 import threading
 
 import pytest
@@ -86,6 +87,16 @@ def test_pause_button_holds_training_until_resume(start):
 
 
 def test_kernel_interrupt_in_the_foreground_is_a_graceful_stop(start):
+    # a kernel turns SIGINT into KeyboardInterrupt, also when the tests run as a background job,
+    # which starts with SIGINT ignored (and then interrupt_main would do nothing)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        interrupt_while_watching(start)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def interrupt_while_watching(start) -> None:
     run = start(steps=40)
     interrupted = []
 
