@@ -192,6 +192,12 @@ def test_a_process_run_outlives_its_kernel_and_a_new_kernel_follows_it(
     _, client = kernels()
     listing = execute(client, "%load_ext lora_magic\n%lora runs")
     assert re.search(r"outlives\s+running", listing), listing
+    execute(client, "%lora pause outlives")
+    wait_until(
+        lambda: store.read("outlives")["status"] == "paused", 120, "%lora pause did not reach the worker"
+    )
+    execute(client, "%lora resume outlives")
+    wait_until(lambda: store.read("outlives")["status"] != "paused", 120, "%lora resume did not reach it")
     watched = execute(client, "%lora watch outlives", timeout=600)
     assert "Run outlives completed after 120/120 steps" in watched, watched
     loaded = execute(
