@@ -206,7 +206,20 @@ class RunConfig:
         choices=("linear", "cosine", "constant", "constant_with_warmup"),
     )
     seed: int = setting(42, "Random seed for data order, dropout and initialisation.", "train")
-    eval_every: int = setting(0, "Evaluate every N steps. 0: about ten times per run.", "train")
+    eval_every: int = setting(
+        0,
+        "Evaluate every N steps (and at the start and the end). 0: as often as keeps evaluation within "
+        "about a tenth of the run's time: at the end, and for longer runs also at the start and up to "
+        "9 times in between.",
+        "train",
+    )
+    eval_rows: int = setting(
+        32,
+        "Rows of the eval split each evaluation during training scores: the same sample every time, "
+        "whatever the run's seed, so that runs compare (0: every row). The end-of-run evaluation "
+        "(evaluate) and %lora eval score every row.",
+        "train",
+    )
     evaluate: bool = setting(
         False,
         "At the end, answer the eval prompts greedily with the base and the adapter and score them "
@@ -254,7 +267,7 @@ class RunConfig:
             )
         for name in ("r", "alpha", "batch_size", "grad_accum", "max_length", "probe_tokens", "processes"):
             _require(self, name, getattr(self, name) >= 1, "a whole number of at least 1")
-        for name in ("steps", "warmup_steps", "eval_every", "save_every", "probe_every"):
+        for name in ("steps", "warmup_steps", "eval_every", "eval_rows", "save_every", "probe_every"):
             _require(self, name, getattr(self, name) >= 0, "0 or more")
         _require(self, "max_examples", self.max_examples is None or self.max_examples >= 1, "at least 1")
         _require(self, "min_response_tokens", self.min_response_tokens >= 0, "0 or more")

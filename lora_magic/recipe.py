@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,12 @@ from .config import RunConfig
 from .errors import ConfigError
 
 GIB = 2**30
+# On the CPU the trainer (sft.py) computes the logits of a batch's labelled positions at once, up to
+# this many entries (0.5 GiB in float32); a larger batch goes through TRL's tiled LM head.
+LOGITS_LIMIT = 2**27
 SMALL_GPU_GIB = 16  # gradient_checkpointing='auto' turns it on below this
+EVAL_BUDGET = 0.2  # eval rows scored during training, per row trained, when eval_every is 0
+MAX_EVALUATIONS = 11  # the start, and up to ten more
 
 
 # -- the hardware --------------------------------------------------------------------------------------
@@ -132,12 +138,37 @@ def total_steps(config: RunConfig, train_examples: int) -> int:
     return config.steps or math.ceil(train_examples / (config.batch_size * config.grad_accum) * config.epochs)
 
 
+def eval_sample(config: RunConfig, eval_examples: int) -> list[int] | None:
+    """The rows of the eval split that evaluations during training score (eval_rows of them, drawn
+    with a fixed seed so that runs of any seed score the same ones); None for all of them."""
+    if not config.eval_rows or config.eval_rows >= eval_examples:
+        return None
+    return sorted(random.Random(0).sample(range(eval_examples), config.eval_rows))
+
+
+def eval_schedule(config: RunConfig, train_examples: int, eval_examples: int) -> tuple[int, bool]:
+    """(eval_steps, eval_on_start). By default the evaluations together score at most EVAL_BUDGET
+    rows per row trained (a forward pass costs about half a training step, so about a tenth of the
+    run's time): at the end only, or also at the start and evenly in between, MAX_EVALUATIONS at most.
+    The training callback adds the evaluation at the last step."""
+    steps = total_steps(config, train_examples)
+    if config.eval_every:
+        return config.eval_every, True
+    scored = min(eval_examples, config.eval_rows or eval_examples)
+    trained = steps * config.batch_size * config.grad_accum
+    count = min(MAX_EVALUATIONS, int(EVAL_BUDGET * trained / max(1, scored)))
+    if count <= 1:
+        return steps, False
+    return math.ceil(steps / (count - 1)), True
+
+
 def trainer_arguments(
-    config: RunConfig, on: Target, *, output_dir: str, train_examples: int, has_eval: bool
+    config: RunConfig, on: Target, *, output_dir: str, train_examples: int, eval_examples: int
 ) -> dict[str, Any]:
     """`trl.SFTConfig` keywords. batch_size is per step: split between the processes."""
     hardware = Hardware.of(config, on)
     steps = total_steps(config, train_examples)
+    eval_steps, eval_on_start = eval_schedule(config, train_examples, eval_examples)
     per_device, rest = divmod(config.batch_size, world_size())
     if rest or not per_device:
         raise ConfigError(
@@ -156,9 +187,9 @@ def trainer_arguments(
         "lr_scheduler_type": config.scheduler,
         "seed": config.seed,
         "logging_steps": 1,
-        "eval_strategy": "steps" if has_eval else "no",
-        "eval_steps": config.eval_every or max(1, steps // 10),
-        "eval_on_start": has_eval,
+        "eval_strategy": "steps" if eval_examples else "no",
+        "eval_steps": eval_steps,
+        "eval_on_start": bool(eval_examples) and eval_on_start,
         "save_strategy": "steps" if config.save_every else "no",
         "save_steps": config.save_every or steps,
         "save_total_limit": 2,

@@ -553,24 +553,27 @@ def _release_memory() -> None:
 
 def _build_trainer(run: Run, model: Any, tokenizer: Any, prepared: Prepared) -> Any:
     import datasets
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
+
+    from .sft import EvaluateAtTheEnd, LabelledLogitsSFTTrainer
 
     datasets.disable_progress_bars()
-    has_eval = bool(prepared.eval)
     args = recipe.trainer_arguments(
         run.config,
         recipe.this_machine(run.config),
         output_dir=str(run.path / "checkpoints"),
         train_examples=len(prepared.train),
-        has_eval=has_eval,
+        eval_examples=len(prepared.eval),
     )
-    trainer = SFTTrainer(
+    sample = recipe.eval_sample(run.config, len(prepared.eval))
+    scored = prepared.eval if sample is None else [prepared.eval[i] for i in sample]
+    trainer = LabelledLogitsSFTTrainer(
         model=model,
         args=SFTConfig(**args),
         train_dataset=datasets.Dataset.from_list(prepared.train),
-        eval_dataset=datasets.Dataset.from_list(prepared.eval) if has_eval else None,
+        eval_dataset=datasets.Dataset.from_list(scored) if scored else None,
         processing_class=tokenizer,
-        callbacks=[RunCallback(run), *(tracking.callbacks(run) if run.main else [])],
+        callbacks=[RunCallback(run), EvaluateAtTheEnd(), *(tracking.callbacks(run) if run.main else [])],
     )
     trainer.remove_callback(PrinterCallback)  # progress goes through run events, not stdout
     return trainer

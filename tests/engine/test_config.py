@@ -71,7 +71,7 @@ def test_a_batch_that_the_launched_processes_cannot_share_is_refused(monkeypatch
     from lora_magic import recipe
 
     on = recipe.Target("CPU", 8.0, gpu=False)
-    arguments = dict(output_dir="out", train_examples=40, has_eval=False)
+    arguments = dict(output_dir="out", train_examples=40, eval_examples=0)
     monkeypatch.setenv("WORLD_SIZE", "2")  # as accelerate launch / torchrun set it
     assert (
         recipe.trainer_arguments(RunConfig(batch_size=4), on, **arguments)["per_device_train_batch_size"] == 2

@@ -62,20 +62,25 @@ def test_the_shown_code_trains_as_the_run_did(quantization, tiny_model_dir, reco
         quantization=quantization,
         steps=5,
         learning_rate=1e-3,
+        eval_fraction=0.25,
+        eval_rows=4,  # of the 6 held out: the script scores the same sample
         runs_dir=runs_dir,
     ).wait()
     assert run.status == "completed", run.error
     code = plain_code(RunStore(runs_dir), run.name)
     assert ("BitsAndBytesConfig(" in code) == (quantization == "4bit")
     script = tmp_path / "plain.py"
-    report = "print('LOSSES', json.dumps([h['loss'] for h in trainer.state.log_history if 'loss' in h]))"
+    report = "print('HISTORY', json.dumps(trainer.state.log_history))"
     script.write_text(code + report + "\n")
     done = subprocess.run(
         [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    plain = json.loads(done.stdout.split("LOSSES", 1)[1])
+    history = json.loads(done.stdout.split("HISTORY", 1)[1])
+    plain = [entry["loss"] for entry in history if "loss" in entry]
     ours = step_losses(run.events)
     assert len(ours) == len(plain) == 5
     assert plain == pytest.approx(ours, abs=1e-4)
+    plain_eval = [(entry["step"], entry["eval_loss"]) for entry in history if "eval_loss" in entry]
+    assert plain_eval == [(5, pytest.approx(run.eval_losses[0][1], abs=1e-4))] and len(run.eval_losses) == 1
     assert (tmp_path / f"{run.name}-plain" / "adapter" / "adapter_config.json").is_file()

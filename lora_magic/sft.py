@@ -1,0 +1,54 @@
+"""What every run trains with besides the libraries' own classes: TRL's SFTTrainer with a cheaper
+loss on the CPU, and an evaluation after the last step.
+
+`%lora show --code` prints these classes into its script, so the script trains as the engine does.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import TrainerCallback
+from trl import SFTTrainer
+
+from .recipe import LOGITS_LIMIT
+
+
+class LabelledLogitsSFTTrainer(SFTTrainer):
+    """TRL's SFTTrainer that, on the CPU, projects onto the vocabulary only the positions whose
+    next token carries loss.
+
+    Where there is no Triton (the CPU), TRL's fused LM head projects every position, prompt and
+    padding included, and projects them again in the backward pass. The vocabulary projection is a
+    large share of a small model's work (SmolLM2-135M: 28 M of its 135 M weights), and with the
+    loss on the response only, about half of the positions need it. The loss is the same: the
+    labelled tokens' summed cross-entropy over their count. A batch whose logits would exceed
+    LOGITS_LIMIT entries goes through TRL's head, which never holds more than a tile of them.
+    """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.args.device.type != "cpu":
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs["labels"][:, 1:]  # position p predicts token p + 1
+        scored = (labels != -100).any(dim=0).nonzero().squeeze(-1)  # the positions any example learns at
+        vocabulary = self.model.get_output_embeddings().weight.shape[0]
+        if labels.shape[0] * len(scored) * vocabulary > LOGITS_LIMIT:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        features = {key: value for key, value in inputs.items() if key != "labels"}
+        outputs = model(**features, use_cache=False, logits_to_keep=scored)
+        targets = labels[:, scored]
+        loss = torch.nn.functional.cross_entropy(
+            outputs.logits.flatten(0, 1).float(), targets.flatten(), reduction="sum"
+        )
+        count = (targets != -100).sum() if num_items_in_batch is None else num_items_in_batch
+        loss = loss / torch.as_tensor(count).clamp(min=1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # the processes' gradients are averaged
+        return (loss, outputs) if return_outputs else loss
+
+
+class EvaluateAtTheEnd(TrainerCallback):
+    """Evaluates after the last step too, whatever eval_steps: a run's final eval loss is its own."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == state.max_steps and args.eval_strategy != "no":
+            control.should_evaluate = True

@@ -1,0 +1,119 @@
+"""The trainer's CPU loss (sft.py) projects fewer positions onto the vocabulary and changes nothing
+that is learnt: the same step losses, eval loss and adapter weights as TRL's own SFTTrainer.
+
+Real objects throughout: the tiny Llama with SmolLM2's tokenizer, the bundled products encoded by
+`lora_magic.data.prepare` (loss on the response only), the recipe's trainer arguments.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+TOLERANCE = 1e-5  # float32 sums in another order; differences seen are ~1e-7
+
+
+@pytest.fixture(scope="module")
+def prepared(tiny_model_dir):
+    from lora_magic.config import RunConfig
+    from lora_magic.data import bundled_dataset, load_records, load_tokenizer, prepare
+
+    config = RunConfig(
+        model=tiny_model_dir,
+        data=load_records(str(bundled_dataset()))[:44],
+        steps=5,
+        batch_size=4,
+        grad_accum=2,
+        learning_rate=1e-2,
+        eval_every=5,
+    )
+    tokenizer = load_tokenizer(config)
+    return config, tokenizer, prepare(config, tokenizer)
+
+
+def train(trainer_class, prepared, tmp_path, watch=None):
+    """Five steps of `trainer_class` from the same initial adapter: (step losses, eval losses,
+    the adapter's weights)."""
+    import datasets
+    from peft import get_peft_model, get_peft_model_state_dict
+    from transformers import AutoModelForCausalLM, set_seed
+
+    from lora_magic import models, recipe
+
+    config, tokenizer, data = prepared
+    model = AutoModelForCausalLM.from_pretrained(config.model, dtype=torch.float32)
+    set_seed(config.seed)
+    model = get_peft_model(model, models.lora_config(config, ["q_proj", "v_proj"]))
+    arguments = recipe.trainer_arguments(
+        config,
+        recipe.Target("CPU", 8.0, gpu=False),
+        output_dir=str(tmp_path / trainer_class.__name__),
+        train_examples=len(data.train),
+        eval_examples=len(data.eval),
+    )
+    from trl import SFTConfig
+
+    trainer = trainer_class(
+        model=model,
+        args=SFTConfig(**arguments),
+        train_dataset=datasets.Dataset.from_list(data.train),
+        eval_dataset=datasets.Dataset.from_list(data.eval),
+        processing_class=tokenizer,
+    )
+    if watch:
+        model.get_base_model().lm_head.register_forward_hook(watch)
+    trainer.train()
+    history = trainer.state.log_history
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    eval_losses = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
+    return losses, eval_losses, get_peft_model_state_dict(model)
+
+
+def test_the_cpu_loss_learns_exactly_what_trls_loss_learns(prepared, tmp_path):
+    """With gradient accumulation (2 batches of 4 per step), an eval at the start and at the end."""
+    from trl import SFTTrainer
+
+    from lora_magic.sft import LabelledLogitsSFTTrainer
+
+    ours = train(LabelledLogitsSFTTrainer, prepared, tmp_path)
+    theirs = train(SFTTrainer, prepared, tmp_path)
+    assert len(ours[0]) == 5 and len(ours[1]) == 2
+    assert ours[0] == pytest.approx(theirs[0], abs=TOLERANCE)
+    assert ours[1] == pytest.approx(theirs[1], abs=TOLERANCE)
+    assert ours[0][-1] < ours[0][0]  # it learnt something to compare
+    for key, weight in ours[2].items():
+        assert torch.allclose(weight, theirs[2][key], atol=TOLERANCE), key
+
+
+def test_the_cpu_loss_projects_only_the_positions_that_carry_loss(prepared, tmp_path):
+    """Each batch projects the positions at which any of its examples has a label: on the bundled
+    products under 60 % of its positions, against all of them for TRL's head on a CPU."""
+    from lora_magic.sft import LabelledLogitsSFTTrainer
+
+    batches, projected = [], []
+
+    class Watched(LabelledLogitsSFTTrainer):
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            labelled = inputs["labels"][:, 1:] != -100
+            batches.append((int(labelled.any(dim=0).sum()), labelled.shape[1] + 1))
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    train(Watched, prepared, tmp_path, watch=lambda module, args, out: projected.append(out.shape[1]))
+    assert (
+        len(projected) == len(batches) == 5 * 2 + 2
+    )  # training batches, then an eval batch at start and end
+    for positions, (scored, length) in zip(projected, batches):
+        assert positions == scored < 0.6 * length
+
+
+def test_a_batch_with_too_many_logits_goes_through_trls_tiled_head(prepared, tmp_path, monkeypatch):
+    from trl import SFTTrainer
+
+    from lora_magic import sft
+
+    monkeypatch.setattr(sft, "LOGITS_LIMIT", 1000)
+    projected = []
+    capped = train(sft.LabelledLogitsSFTTrainer, prepared, tmp_path, watch=lambda *_: projected.append(1))
+    assert not projected  # TRL's fused head multiplies by the head's weight, not through its module
+    assert capped[0] == pytest.approx(train(SFTTrainer, prepared, tmp_path)[0], abs=TOLERANCE)
