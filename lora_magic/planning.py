@@ -22,7 +22,7 @@ from typing import Any
 from . import recipe
 from .config import RunConfig
 from .errors import ConfigError, ModelError, did_you_mean
-from .recipe import GIB, Hardware, Target, this_machine
+from .recipe import GIB, LOGITS_LIMIT, Hardware, Target, this_machine
 
 # Total memory as torch reports it (GiB) and bfloat16 support, of GPUs people fine-tune on.
 GPUS: dict[str, tuple[float, bool]] = {
@@ -40,6 +40,10 @@ ADAMW_STATES = 2  # exp_avg and exp_avg_sq, float32, per trainable parameter
 # TRL's torch fallback (on a CPU) holds about eight float32 temporaries of a tile's size at once.
 HEAD_TILE = (4096, 32768)
 CPU_TILE_COPIES = 8
+# On a CPU the trainer (sft.py) computes the labelled positions' logits at once, up to LOGITS_LIMIT
+# entries, and holds about three float32 copies of them: the logits, the log-probabilities the
+# backward pass needs, and their gradient.
+CPU_LOGITS_COPIES = 3
 # On a CPU the process's peak resident memory during a step runs this far above the activations
 # counted here: the C allocator keeps freed blocks, and the backward's temporaries come and go.
 CPU_ACTIVATION_FACTOR = 1.45
@@ -257,7 +261,9 @@ def activation_bytes(shapes: Shapes, config: RunConfig, hardware: Hardware, on: 
     tile = min(tokens, HEAD_TILE[0]) * min(shapes.vocab, HEAD_TILE[1])
     if on.gpu:
         return kept + backward + final + tile * act
-    return CPU_ACTIVATION_FACTOR * (kept + backward + final) + tile * 4 * CPU_TILE_COPIES
+    logits = tokens * shapes.vocab  # every position labelled: the most the loss can take
+    head = CPU_LOGITS_COPIES * logits * 4 if logits <= LOGITS_LIMIT else CPU_TILE_COPIES * tile * 4
+    return CPU_ACTIVATION_FACTOR * (kept + backward + final) + head
 
 
 def estimate(shapes: Shapes, config: RunConfig, on: Target) -> Memory:

@@ -199,7 +199,8 @@ def estimate_and_measurement(**settings) -> tuple[float, float]:
 
 
 def test_the_tiny_models_estimate_is_within_a_third_of_its_measured_peak(tiny_model_dir):
-    estimate, measured = estimate_and_measurement(model=tiny_model_dir, batch_size=2, max_length=64)
+    """The tiny model's memory is almost all the vocabulary projection's: this checks its constant."""
+    estimate, measured = estimate_and_measurement(model=tiny_model_dir, batch_size=4, max_length=256)
     assert 0.67 < estimate / measured < 1.33, (
         f"estimate {estimate / GIB:.3f} GiB, measured {measured / GIB:.3f} GiB"
     )
