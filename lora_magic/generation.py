@@ -404,7 +404,8 @@ class Session:
                     yield
             else:
                 self.model.set_adapter(name)
-                yield
+                with folded(self.model, name):
+                    yield
         finally:
             if self.active != BASE:
                 self.model.set_adapter(self.active)
@@ -465,6 +466,53 @@ class Session:
         if not (folder / "adapter_config.json").is_file():
             raise RunError(f"{folder} holds no saved adapter")
         return folder
+
+
+@contextlib.contextmanager
+def folded(model: Any, name: str) -> Iterator[None]:
+    """Inside the block, `model` answers as adapter `name` at the base's speed: the adapter is merged
+    into copies of the weights it adapts. Unmerged, each adapted layer costs a few small operations
+    more per generated token (about a tenth of a small model's decoding on a CPU). The base's own
+    weight tensors are put back afterwards, untouched, so the base's answers never drift. Where a
+    layer cannot be merged (a quantised base, a LoRA variant) or the copies would take more than a
+    quarter of the memory available, the adapter answers unmerged."""
+    from peft.tuners.lora import Linear
+
+    layers = [m for m in model.modules() if hasattr(m, "lora_A") and name in m.lora_A]
+    weights = [layer.get_base_layer().weight for layer in layers]
+    foldable = all(
+        type(layer) is Linear
+        and type(weight) is torch.nn.Parameter  # bitsandbytes' packed weights are subclasses
+        and weight.dtype.is_floating_point
+        and name not in layer.lora_variant
+        and not layer.lora_bias.get(name)
+        for layer, weight in zip(layers, weights)
+    )
+    copies = sum(weight.numel() * weight.element_size() for weight in weights)
+    if not layers or not foldable or copies > _available_memory(weights[0].device) / 4:
+        yield
+        return
+    merged = []
+    try:
+        with torch.no_grad():
+            for layer, weight in zip(layers, weights):
+                base = layer.get_base_layer()
+                base.weight = torch.nn.Parameter(weight + layer.get_delta_weight(name), requires_grad=False)
+                layer.merged_adapters.append(name)  # PEFT's layer now skips the adapter's own path
+                merged.append((layer, base, weight))
+        yield
+    finally:
+        for layer, base, weight in merged:
+            layer.merged_adapters.remove(name)
+            base.weight = weight
+
+
+def _available_memory(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available
 
 
 def adapter_base(folder: Path) -> str:
