@@ -23,6 +23,10 @@ class LabelledLogitsSFTTrainer(SFTTrainer):
     loss on the response only, about half of the positions need it. The loss is the same: the
     labelled tokens' summed cross-entropy over their count. A batch whose logits would exceed
     LOGITS_LIMIT entries goes through TRL's head, which never holds more than a tile of them.
+
+    A right-padded batch (TRL's collator pads on the right) also goes without its attention mask:
+    under causal attention no real token can see the padding after it, so the mask changes nothing
+    that is scored, and without it attention takes its causal fast path.
     """
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -34,6 +38,9 @@ class LabelledLogitsSFTTrainer(SFTTrainer):
         if labels.shape[0] * len(scored) * vocabulary > LOGITS_LIMIT:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         features = {key: value for key, value in inputs.items() if key != "labels"}
+        mask = features.get("attention_mask")
+        if mask is not None and bool((mask[:, 1:] <= mask[:, :-1]).all()):  # padding only at the end
+            del features["attention_mask"]
         outputs = model(**features, use_cache=False, logits_to_keep=scored)
         targets = labels[:, scored]
         loss = torch.nn.functional.cross_entropy(

@@ -522,7 +522,8 @@ def _work(run: Run, prepared: Prepared, resume_from: Path | None) -> None:
             with contextlib.suppress(OSError):
                 run.store.clear_requests(run.name)
         trainer = None  # with its optimizer state, so that the memory can go back
-        _release_memory()
+        if run.status == FAILED:  # the error's frames hold the step's tensors: collect them now
+            _release_memory()
         shared.release(_lease(run))
         run._done.set()
 

@@ -34,7 +34,7 @@ def prepared(tiny_model_dir):
 
 def train(trainer_class, prepared, tmp_path, watch=None):
     """Five steps of `trainer_class` from the same initial adapter: (step losses, eval losses,
-    the adapter's weights)."""
+    the adapter's weights). `watch(model)` gives a forward hook for the output head."""
     import datasets
     from peft import get_peft_model, get_peft_model_state_dict
     from transformers import AutoModelForCausalLM, set_seed
@@ -62,7 +62,7 @@ def train(trainer_class, prepared, tmp_path, watch=None):
         processing_class=tokenizer,
     )
     if watch:
-        model.get_base_model().lm_head.register_forward_hook(watch)
+        model.get_base_model().lm_head.register_forward_hook(watch(model))
     trainer.train()
     history = trainer.state.log_history
     losses = [entry["loss"] for entry in history if "loss" in entry]
@@ -88,23 +88,32 @@ def test_the_cpu_loss_learns_exactly_what_trls_loss_learns(prepared, tmp_path):
 
 def test_the_cpu_loss_projects_only_the_positions_that_carry_loss(prepared, tmp_path):
     """Each batch projects the positions at which any of its examples has a label: on the bundled
-    products under 60 % of its positions, against all of them for TRL's head on a CPU."""
+    products under 60 % of its positions, against all of them for TRL's head on a CPU. The padded
+    batches reach the model without their attention mask (the test above: same losses)."""
     from lora_magic.sft import LabelledLogitsSFTTrainer
 
-    batches, projected = [], []
+    batches, projected, masks = [], [], []
 
     class Watched(LabelledLogitsSFTTrainer):
         def compute_loss(self, model, inputs, *args, **kwargs):
             labelled = inputs["labels"][:, 1:] != -100
-            batches.append((int(labelled.any(dim=0).sum()), labelled.shape[1] + 1))
+            padded = bool((inputs["attention_mask"] == 0).any())
+            batches.append((int(labelled.any(dim=0).sum()), labelled.shape[1] + 1, padded))
             return super().compute_loss(model, inputs, *args, **kwargs)
 
-    train(Watched, prepared, tmp_path, watch=lambda module, args, out: projected.append(out.shape[1]))
+    def watch(model):
+        model.get_base_model().model.register_forward_pre_hook(
+            lambda module, args, kwargs: masks.append(kwargs.get("attention_mask")), with_kwargs=True
+        )
+        return lambda module, args, out: projected.append(out.shape[1])
+
+    train(Watched, prepared, tmp_path, watch=watch)
     assert (
         len(projected) == len(batches) == 5 * 2 + 2
     )  # training batches, then an eval batch at start and end
-    for positions, (scored, length) in zip(projected, batches):
+    for positions, (scored, length, _) in zip(projected, batches):
         assert positions == scored < 0.6 * length
+    assert sum(padded for _, _, padded in batches) >= 6 and masks == [None] * len(batches)
 
 
 def test_a_batch_with_too_many_logits_goes_through_trls_tiled_head(prepared, tmp_path, monkeypatch):
@@ -114,6 +123,8 @@ def test_a_batch_with_too_many_logits_goes_through_trls_tiled_head(prepared, tmp
 
     monkeypatch.setattr(sft, "LOGITS_LIMIT", 1000)
     projected = []
-    capped = train(sft.LabelledLogitsSFTTrainer, prepared, tmp_path, watch=lambda *_: projected.append(1))
+    capped = train(
+        sft.LabelledLogitsSFTTrainer, prepared, tmp_path, watch=lambda model: lambda *_: projected.append(1)
+    )
     assert not projected  # TRL's fused head multiplies by the head's weight, not through its module
     assert capped[0] == pytest.approx(train(SFTTrainer, prepared, tmp_path)[0], abs=TOLERANCE)
