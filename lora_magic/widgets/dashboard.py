@@ -26,7 +26,7 @@ BAR_STYLES = {"completed": "success", "stopped": "warning", "failed": "danger", 
 
 
 class Dashboard:
-    def __init__(self, run: Any, budget: float = 0.02):
+    def __init__(self, run: Any, budget: float = 0.01):
         self.run = run
         self.plot = LossPlot()
         self.throttle = Throttle(budget)

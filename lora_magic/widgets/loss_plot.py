@@ -19,15 +19,16 @@ class Throttle:
     every `max_interval` seconds, so what it draws is never far behind.
 
     After an action that took `cost` seconds the next is due `cost / budget` seconds later (never
-    sooner than `min_interval`, never later than `max_interval`), so a 20 ms draw with a 2 % budget
-    happens at most every second, and a slow one on a busy machine still every 2 s.
+    sooner than `min_interval`, never later than `max_interval`), so a 20 ms draw with a 1 % budget
+    happens at most every 2 s, and a slow one on a busy machine still every 10 s. The budget is
+    small because on a CPU the draw also takes a core from the training's threads.
     """
 
     def __init__(
         self,
-        budget: float = 0.02,
+        budget: float = 0.01,
         min_interval: float = 0.5,
-        max_interval: float = 2.0,
+        max_interval: float = 10.0,
         clock: Callable[[], float] = time.perf_counter,
     ):
         self.budget, self.clock = budget, clock
