@@ -150,7 +150,7 @@ def eval_schedule(config: RunConfig, train_examples: int, eval_examples: int) ->
     """(eval_steps, eval_on_start). By default the evaluations together score at most EVAL_BUDGET
     rows per row trained (a forward pass costs about half a training step, so about a tenth of the
     run's time): at the end only, or also at the start and evenly in between, MAX_EVALUATIONS at most.
-    The training callback adds the evaluation at the last step."""
+    The evaluation after the last step is sft.EvaluateAtTheEnd's."""
     steps = total_steps(config, train_examples)
     if config.eval_every:
         return config.eval_every, True
