@@ -213,6 +213,7 @@ def apply_variant(overrides: dict) -> None:
 
 def run_lora_magic(config, prepared, seed: int, variant: str | None, dashboard: bool) -> dict:
     import lora_magic as lm
+    from lora_magic import sft  # noqa: F401  TRL, imported before the clock as the others' libraries are
     from lora_magic.generation import session
     from lora_magic.widgets import Dashboard
     from lora_magic.widgets.watch import pump
