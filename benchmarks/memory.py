@@ -30,6 +30,7 @@ import sys
 
 SCRIPT = r"""
 import json, sys, time
+from pathlib import Path
 
 def status(field):
     for line in Path("/proc/self/status").read_text().splitlines():
