@@ -232,10 +232,11 @@ def batches_seen(tiny_model_dir: str, records: list[dict], order: str) -> list[l
     config = RunConfig(model=tiny_model_dir, data=records, eval_fraction=0, batch_size=4, order=order)
     lm.session().ensure_base(config)
     seen: list[list[int]] = []
+    padding = lm.session().tokenizer.pad_token_id
 
-    def record(module, args, kwargs):
+    def record(module, args, kwargs):  # a right-padded batch may come without its attention mask
         if module.training:
-            seen.append(kwargs["attention_mask"].sum(dim=1).tolist())
+            seen.append((kwargs["input_ids"] != padding).sum(dim=1).tolist())
 
     hook = lm.session().base_model.register_forward_pre_hook(record, with_kwargs=True)
     try:
