@@ -59,7 +59,7 @@ def measurements(store: RunStore, name: str) -> dict[str, Any]:
         "peak_memory_mb": max(peaks, default=None),
         "first_loss": train[0][1] if train else None,
         "final_loss": train[-1][1] if train else None,
-        "first_eval_loss": evals[0][1] if evals else None,
+        "first_eval_loss": evals[0][1] if evals and evals[0][0] == 0 else None,  # before training
         "final_eval_loss": evals[-1][1] if evals else None,
         "best_eval_loss": min(loss for _, loss in evals) if evals else None,
         **{key: scores.get(key) for key in SCORES},

@@ -67,7 +67,7 @@ def final(run: Any) -> list[str]:
         + (f"; train loss {metrics['train_loss']:.4f}" if "train_loss" in metrics else "")
         + (
             f"; eval loss {metrics['first_eval_loss']:.4f} → {metrics['eval_loss']:.4f}"
-            if len(run.eval_losses) > 1
+            if "first_eval_loss" in metrics and len(run.eval_losses) > 1
             else f"; eval loss {metrics['eval_loss']:.4f}"
             if "eval_loss" in metrics
             else ""

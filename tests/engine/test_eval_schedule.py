@@ -8,6 +8,8 @@ import pytest
 import lora_magic as lm
 from lora_magic import recipe
 from lora_magic.config import RunConfig
+from lora_magic.results import measurements
+from lora_magic.runs import RunStore
 
 
 @pytest.mark.parametrize(
@@ -68,8 +70,10 @@ def test_a_run_scores_its_sample_on_schedule_and_after_the_last_step(tiny_model_
     every_row = first_eval(eval_rows=0, steps=1, eval_every=1)
     assert every_row.eval_losses[0][1] != pytest.approx(run.eval_losses[0][1], abs=1e-3)
     odd = first_eval(eval_rows=1, steps=3, eval_every=2)
-    assert [step for step, _ in odd.eval_losses] == [
-        0,
-        2,
-        3,
-    ]  # the last step although 3 is not a multiple of 2
+    # after the last step although 3 is not a multiple of 2
+    assert [step for step, _ in odd.eval_losses] == [0, 2, 3]
+    assert odd.metrics["first_eval_loss"] == odd.eval_losses[0][1]
+    short = first_eval(steps=1)  # 4 rows trained against 8 to score: one evaluation, after the step
+    assert [step for step, _ in short.eval_losses] == [1]
+    assert "first_eval_loss" not in short.metrics  # no loss before training to report
+    assert measurements(RunStore(runs_dir), short.name)["first_eval_loss"] is None
