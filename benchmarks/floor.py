@@ -19,7 +19,8 @@ Contenders (each run is a fresh subprocess, so that its peak memory is its own):
 - `trl`: TRL's `SFTTrainer(model, args=SFTConfig(...), train_dataset, peft_config=LoraConfig(...))`
   as its documentation shows it, given the same pre-tokenized examples, with the batch size,
   learning rate and epoch set to the others' and float32 without gradient checkpointing (TRL's
-  own defaults turn on bf16 and gradient checkpointing; `trl-defaults` keeps them).
+  own defaults turn on bf16 and gradient checkpointing; `trl-defaults` keeps them, adding only
+  `use_cpu=True`, without which transformers refuses bf16 on a machine without a GPU).
 - `lora_magic-wait`: the same run without the dashboard (`run.wait()`), as `lm.train` from a
   script: what the dashboard costs.
 - `lora_magic+noeval`, `lora_magic-wait+noeval`: the same run without its evaluations (VARIANTS
@@ -178,7 +179,8 @@ def run_trl(train: list[dict], tokenizer, batch_size: int, seed: int, defaults: 
     clock.install()
     model = load_plain_base()
     with tempfile.TemporaryDirectory() as out:
-        matched = {} if defaults else {"bf16": False, "gradient_checkpointing": False}
+        # TRL's defaults: bf16 and gradient checkpointing; on a CPU bf16 is refused without use_cpu
+        matched = {"use_cpu": True} if defaults else {"bf16": False, "gradient_checkpointing": False}
         reset_peak()
         started = time.perf_counter()
         trainer = SFTTrainer(

@@ -49,7 +49,7 @@ CPU_LOGITS_COPIES = 3
 CPU_ACTIVATION_FACTOR = 1.45
 # Memory a training step takes besides the tensors counted here: on a GPU the CUDA context and
 # library workspaces (outside torch's allocations); on a CPU the trainer's own.
-RUNTIME_GIB = {"gpu": 0.6, "cpu": 0.07}
+RUNTIME_GIB = {"gpu": 0.6, "cpu": 0.03}
 # The CPU constants are measured (benchmarks/plan_accuracy.py, docs/performance.md); the GPU ones
 # are not yet: no GPU was at hand.
 
