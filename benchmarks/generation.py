@@ -1,20 +1,21 @@
 """Generation speed of the built-in model: base, unmerged adapter, merged model, 1 and 4 adapters.
 
-    .venv/bin/python benchmarks/generation.py [--tokens 64] [--repeats 3]
+    .venv/bin/python benchmarks/generation.py [--tokens 64] [--repeats 5]
 
-Greedy decoding with the KV cache of `--tokens` new tokens for the alpaca prompt of a held-out
-product, float32 on the CPU. Four LoRA adapters (r=8, q/v, B set to small random values so that
-they change the answer slightly but not its length) are saved first and loaded like any saved
-adapter. Rows:
+Greedy decoding with the KV cache of exactly `--tokens` new tokens for the alpaca prompt of a
+held-out product, float32 on the CPU. Four LoRA adapters (r=8, q/v, B set to small random values
+so that they change the answer slightly but not its length) are saved first and loaded like any
+saved adapter. Rows:
 
-- plain transformers / PEFT, `model.generate(min_new_tokens=max_new_tokens)`: the base; the base
-  wrapped by PEFT with one unmerged adapter; the adapter merged (`merge_and_unload`);
-- through lora_magic's session (`lm.compare`, what `%%compare` runs): the base alone; then with 1
-  and with 4 adapters loaded on the same base, the adapter's answer (merged into copies of the
-  weights it adapts while it answers) and the base's (adapters disabled). The memory column is what
-  the loaded adapters' weights take.
+- plain transformers / PEFT, `model.generate`: the base; the base wrapped by PEFT with one
+  unmerged adapter; the adapter merged (`merge_and_unload`);
+- lora_magic's session, the way `%%compare` and `%lora eval` answer (`Session.answering_as`):
+  the base with no adapter loaded; then with 1 and with 4 adapters loaded, the base (adapters
+  disabled) and an adapter (merged into copies of the weights it adapts while it answers).
 
-Each row is timed `--repeats` times, the rows alternating, and the median is reported.
+The rows are timed in turn, `--repeats` times, each time with the plain base beside them; × base
+is the median of each repeat's ratio to that repeat's plain base. The memory column is what the
+loaded adapters' weights take.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def plain_rate(model, tokenizer, text: str, tokens: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
     import torch
@@ -86,67 +87,78 @@ def main() -> None:
 
     checkpoint = builtin_checkpoint("smollm2-135m")
     text = alpaca_prompt(PROMPT)
-    rows: dict[str, list[float]] = {}
-    memory: dict[str, float] = {}
-
-    def timed(label: str, work) -> None:
-        rows.setdefault(label, []).append(work())
+    rows: dict[str, list[float]] = {}  # each repeat's ratio to the plain base
+    rates: dict[str, list[float]] = {}
+    memory: dict[str, float] = {}  # adapters loaded -> their weights' MB
 
     with tempfile.TemporaryDirectory() as temp:
         folders = save_adapters(checkpoint, Path(temp), 4)
-
-        # plain transformers and PEFT, without lora_magic
         from peft import PeftModel
 
         tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         base = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
         merged = PeftModel.from_pretrained(copy.deepcopy(base), str(folders[0])).merge_and_unload().eval()
         unmerged = PeftModel.from_pretrained(copy.deepcopy(base), str(folders[0])).eval()
-        plain = {
-            "plain: base": base,
-            "plain: base + unmerged adapter (PEFT)": unmerged,
-            "plain: merged model": merged,
-        }
-        plain_rate(base, tokenizer, text, 8)  # warm-up
-        for _ in range(args.repeats):
-            for label, model in plain.items():
-                timed(label, lambda model=model: plain_rate(model, tokenizer, text, args.tokens))
-        del base, merged, unmerged, plain
-
-        # through lora_magic's session, as %%compare answers
         session = lm.session()
-
-        def answer(name: str) -> float:
-            return (
-                lm.compare(PROMPT, adapters=[name], max_new_tokens=args.tokens).answers[0].tokens_per_second
-            )
-
         session.ensure_base(lm.RunConfig(model=checkpoint))
-        memory["lora_magic: no adapter loaded"] = 0.0
-        answer("base")  # warm-up
-        for _ in range(args.repeats):
-            timed("lora_magic: base, no adapter loaded", lambda: answer("base"))
+        session.model.eval()
+
+        def plain(model):
+            return lambda: plain_rate(model, tokenizer, text, args.tokens)
+
+        def answering(name: str):
+            def rate() -> float:
+                with session.answering_as(name):
+                    return plain_rate(session.model, tokenizer, text, args.tokens)
+
+            return rate
+
+        def phase(contenders: dict) -> None:
+            """Time the rows in turn, each repeat beside the plain base."""
+            for work in contenders.values():
+                work()  # warm-up
+            for _ in range(args.repeats):
+                reference = plain_rate(base, tokenizer, text, args.tokens)
+                for label, work in contenders.items():
+                    rate = work()
+                    rates.setdefault(label, []).append(rate)
+                    rows.setdefault(label, []).append(rate / reference)
+
+        phase(
+            {
+                "plain: base": plain(base),
+                "plain: base + unmerged adapter (PEFT)": plain(unmerged),
+                "plain: merged model": plain(merged),
+                "lora_magic: base, no adapter loaded": answering("base"),
+            }
+        )
         session.load_adapter(folders[0], name="a0")
-        memory["lora_magic: 1 adapter loaded"] = adapters_mb(session.model)
-        answer("a0")  # warm-up
-        for _ in range(args.repeats):
-            timed("lora_magic: base, 1 adapter loaded", lambda: answer("base"))
-            timed("lora_magic: adapter, 1 adapter loaded", lambda: answer("a0"))
+        memory["1"] = adapters_mb(session.model)
+        phase(
+            {
+                "lora_magic: base, 1 adapter loaded": answering("base"),
+                "lora_magic: adapter, 1 adapter loaded": answering("a0"),
+            }
+        )
         for index, folder in enumerate(folders[1:], 1):
             session.load_adapter(folder, name=f"a{index}")
-        memory["lora_magic: 4 adapters loaded"] = adapters_mb(session.model)
-        for _ in range(args.repeats):
-            timed("lora_magic: base, 4 adapters loaded", lambda: answer("base"))
-            timed("lora_magic: adapter, 4 adapters loaded", lambda: answer("a0"))
-            timed("lora_magic: another adapter, 4 adapters loaded", lambda: answer("a3"))
+        memory["4"] = adapters_mb(session.model)
+        phase(
+            {
+                "lora_magic: base, 4 adapters loaded": answering("base"),
+                "lora_magic: adapter, 4 adapters loaded": answering("a0"),
+                "lora_magic: another adapter, 4 adapters loaded": answering("a3"),
+            }
+        )
 
-    base_rate = statistics.median(rows["plain: base"])
     print(f"{args.tokens} new tokens, greedy, median of {args.repeats}, {torch.get_num_threads()} threads")
     print("| model | generated tokens/s | × base | adapters MB |\n| --- | --- | --- | --- |")
-    for label, rates in rows.items():
-        rate = statistics.median(rates)
-        held = next((mb for key, mb in memory.items() if label.endswith(key.split(": ")[1])), None)
-        print(f"| {label} | {rate:.1f} | {rate / base_rate:.2f} | {'' if held is None else f'{held:.1f}'} |")
+    for label, ratios in rows.items():
+        held = next((mb for count, mb in memory.items() if f" {count} adapter" in label), None)
+        print(
+            f"| {label} | {statistics.median(rates[label]):.1f} | {statistics.median(ratios):.2f} "
+            f"| {'' if held is None else f'{held:.1f}'} |"
+        )
 
 
 if __name__ == "__main__":
