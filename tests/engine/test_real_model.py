@@ -9,6 +9,8 @@ of float32's (criterion 10 %), 3/3 held-out answers ending with '### End' for bo
 the 8 eval rows token-F1 0.25 -> 0.73, ROUGE-L 0.23 -> 0.72 and terminated 0 -> 100 % (seed 1).
 At the default lr 2e-4, seeds 42 and 1: float32 3.46 -> 1.73 and 1.71, 4-bit 3.65 -> 1.81 and
 1.78 (4.7 % and 4.2 % apart; criteria: below 0.7 of the start, within 10 %).
+The same eight runs on a 2-core AMD EPYC with AVX2 only gave the same losses to three decimals;
+there, at lr 1.5e-3 (seed 42), float32 went 3.46 -> 0.33 and 4-bit 3.65 -> 0.34, 3/3 terminated each.
 """
 
 import pytest
