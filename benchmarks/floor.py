@@ -135,6 +135,25 @@ def lora_config():
     )
 
 
+def batch_shape(train: list[dict], batch_size: int, seed: int) -> dict:
+    """Shares of the positions of the floor's padded batches: padding, positions whose next token
+    carries loss, and positions at which any example of the batch has such a label (what the CPU
+    loss projects onto the vocabulary)."""
+    import torch
+
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
+    positions = padding = labelled = union = 0
+    for start in range(0, len(order), batch_size):
+        batch = [train[i]["labels"] for i in order[start : start + batch_size]]
+        longest = max(map(len, batch))
+        positions += len(batch) * (longest - 1)
+        padding += sum(longest - len(labels) for labels in batch)
+        scored = [{p for p, label in enumerate(labels[1:]) if label != -100} for labels in batch]
+        labelled += sum(map(len, scored))
+        union += len(batch) * len(set().union(*scored))
+    return {"padding": padding / positions, "labelled": labelled / positions, "union": union / positions}
+
+
 # -- the contenders ---------------------------------------------------------------------------------
 def run_floor(train: list[dict], tokenizer, batch_size: int, seed: int) -> dict:
     import torch
@@ -289,6 +308,14 @@ def main() -> None:
         variant = name.partition("+")[2]
         if variant and variant not in VARIANTS:
             parser.error(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+    _, _, prepared = examples(args.examples, args.seed)
+    shape = batch_shape(prepared.train, args.batch_size, args.seed)
+    print(
+        f"{len(prepared.train)} examples in batches of {args.batch_size}: {shape['padding']:.1%} of the "
+        f"positions padding, {shape['labelled']:.1%} with a labelled next token, "
+        f"{shape['union']:.1%} projected by the CPU loss",
+        flush=True,
+    )
     rows: dict[str, list[dict]] = {name: [] for name in contenders}
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"}
     for round_ in range(args.rounds):

@@ -28,7 +28,7 @@ import subprocess
 import sys
 
 SCRIPT = r"""
-import json, sys, time
+import json, sys
 from pathlib import Path
 
 def status(field):
@@ -41,7 +41,6 @@ def reset():
 
 settings = json.loads(sys.argv[1])
 mode = sys.argv[2]
-start = status("VmRSS")
 import lora_magic as lm
 import torch, transformers, peft, trl
 from lora_magic.config import RunConfig
@@ -53,23 +52,18 @@ config = RunConfig(
     batch_size=settings["batch_size"], steps=settings["steps"], eval_fraction=0.0,
     data=load_records(str(bundled_dataset()))[: settings["batch_size"] * settings["steps"]],
 )
-out = {"start": start, "libraries": status("VmRSS")}
+out = {"libraries": status("VmRSS")}
 if mode == "lora_magic":
     import tempfile
     session().ensure_base(config)
-    out["loaded"] = status("VmRSS")
     with tempfile.TemporaryDirectory() as runs:
         run = lm.train(config, runs_dir=runs).wait()
         assert run.status == "completed", run.error
         out["peak"] = max(e["peak_memory_mb"] for e in run.events if e["type"] == "log")
     print("RESULT " + json.dumps(out))
     sys.exit()
-reset()
-before = status("VmRSS")
 session().ensure_base(config)
 model, tokenizer = session().model, session().tokenizer
-out["loaded"] = status("VmRSS")
-out["load_peak"] = status("VmHWM")
 out["weights"] = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]) / 2**20
 targets = models.resolve_targets(config, model)
 session().add_training_adapter("memory", config, targets)
@@ -93,7 +87,6 @@ reset()
 loss = model(**batch(0)).loss
 loss.backward()
 out["forward_backward_peak"] = status("VmHWM")
-out["after_backward"] = status("VmRSS")
 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
 optimizer.step()
 state = [t for values in optimizer.state.values() for t in values.values() if torch.is_tensor(t)]
@@ -106,7 +99,6 @@ for index in range(1, config.steps):
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 out["loop_peak"] = status("VmHWM")
-out["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
 print("RESULT " + json.dumps(out))
 """
 
