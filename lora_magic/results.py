@@ -59,11 +59,16 @@ def measurements(store: RunStore, name: str) -> dict[str, Any]:
         "peak_memory_mb": max(peaks, default=None),
         "first_loss": train[0][1] if train else None,
         "final_loss": train[-1][1] if train else None,
-        "first_eval_loss": evals[0][1] if evals and evals[0][0] == 0 else None,  # before training
+        "first_eval_loss": loss_before_training(evals),
         "final_eval_loss": evals[-1][1] if evals else None,
         "best_eval_loss": min(loss for _, loss in evals) if evals else None,
         **{key: scores.get(key) for key in SCORES},
     }
+
+
+def loss_before_training(evals: list[tuple[int, float]]) -> float | None:
+    """The eval loss of the evaluation at step 0 (the base's own), if the run evaluated there."""
+    return evals[0][1] if evals and evals[0][0] == 0 else None
 
 
 def _number(value: Any) -> float | None:

@@ -47,6 +47,7 @@ from .events import (
     current,
 )
 from .generation import generate_text, session
+from .results import loss_before_training
 from .runs import COMPLETE_MARK, RunStore, no_space, stored_config
 
 log = logging.getLogger(__name__)
@@ -486,8 +487,8 @@ def _work(run: Run, prepared: Prepared, resume_from: Path | None) -> None:
         run.metrics = {"train_loss": result.training_loss, "steps": run.step}
         if run.eval_losses:
             run.metrics["eval_step"], run.metrics["eval_loss"] = run.eval_losses[-1]
-            if run.eval_losses[0][0] == 0:  # evaluated before training: the base's own loss
-                run.metrics["first_eval_loss"] = run.eval_losses[0][1]
+            if (before := loss_before_training(run.eval_losses)) is not None:
+                run.metrics["first_eval_loss"] = before
             run.metrics["best_eval_loss"], run.metrics["best_step"] = run.best.eval_loss, run.best.step
         if run._rollback_wanted:
             run._restore_best()
