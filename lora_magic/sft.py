@@ -1,11 +1,12 @@
 """What every run trains with besides the libraries' own classes: TRL's SFTTrainer with a cheaper
-loss on the CPU, and an evaluation after the last step.
+loss and a cheaper LoRA dropout on the CPU, and an evaluation after the last step.
 
 `%lora show --code` prints these classes into its script, so the script trains as the engine does.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from transformers import TrainerCallback
 from trl import SFTTrainer
@@ -27,7 +28,14 @@ class LabelledLogitsSFTTrainer(SFTTrainer):
     A right-padded batch (TRL's collator pads on the right) also goes without its attention mask:
     under causal attention no real token can see the padding after it, so the mask changes nothing
     that is scored, and without it attention takes its causal fast path.
+
+    The LoRA layers' dropout becomes CPUDropout.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.args.device.type == "cpu":
+            use_cpu_dropout(self.model)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.args.device.type != "cpu":
@@ -51,6 +59,38 @@ class LabelledLogitsSFTTrainer(SFTTrainer):
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # the processes' gradients are averaged
         return (loss, outputs) if return_outputs else loss
+
+
+class CPUDropout(torch.nn.Module):
+    """torch's dropout (each element kept with probability 1 - p, scaled by 1 / (1 - p)) with its
+    mask drawn from numpy's SFC64 generator: on the CPU torch draws the mask one float at a time,
+    which made LoRA's dropout about 6 % of a training step; this draws it in a third of the time.
+    Each call seeds the generator from torch's, so torch.manual_seed still decides every mask."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+        words = np.random.SFC64(seed).random_raw((x.numel() + 1) // 2).view(np.uint32)[: x.numel()]
+        keep = np.multiply(words >= round(self.p * 2**32), 1 / (1 - self.p), dtype=np.float32)
+        return x * torch.from_numpy(keep).view(x.shape).to(x.device, x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def use_cpu_dropout(model: torch.nn.Module) -> None:
+    """Replace the LoRA layers' torch dropout in `model` by CPUDropout with the same p."""
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if isinstance(dropouts, torch.nn.ModuleDict):
+            for name, dropout in dropouts.items():
+                if type(dropout) is torch.nn.Dropout and 0 < dropout.p < 1:
+                    dropouts[name] = CPUDropout(dropout.p)
 
 
 class EvaluateAtTheEnd(TrainerCallback):

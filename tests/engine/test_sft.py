@@ -1,5 +1,7 @@
 """The trainer's CPU loss (sft.py) projects fewer positions onto the vocabulary and changes nothing
-that is learnt: the same step losses, eval loss and adapter weights as TRL's own SFTTrainer.
+that is learnt: the same step losses, eval loss and adapter weights as TRL's own SFTTrainer. Its
+CPU dropout draws other masks than torch's, from the same distribution: the comparisons give TRL's
+trainer the same dropout, which is tested on its own.
 
 Real objects throughout: the tiny Llama with SmolLM2's tokenizer, the bundled products encoded by
 `lora_magic.data.prepare` (loss on the response only), the recipe's trainer arguments.
@@ -32,16 +34,16 @@ def prepared(tiny_model_dir):
     return config, tokenizer, prepare(config, tokenizer)
 
 
-def train(trainer_class, prepared, tmp_path, watch=None):
-    """Five steps of `trainer_class` from the same initial adapter: (step losses, eval losses,
-    the adapter's weights). `watch(model)` gives a forward hook for the output head."""
+def build(trainer_class, prepared, tmp_path, **settings):
+    """`trainer_class` on a fresh tiny model with the run config's adapter and trainer arguments."""
     import datasets
-    from peft import get_peft_model, get_peft_model_state_dict
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM, set_seed
 
     from lora_magic import models, recipe
 
     config, tokenizer, data = prepared
+    config = config.replace(**settings)
     model = AutoModelForCausalLM.from_pretrained(config.model, dtype=torch.float32)
     set_seed(config.seed)
     model = get_peft_model(model, models.lora_config(config, ["q_proj", "v_proj"]))
@@ -52,8 +54,12 @@ def train(trainer_class, prepared, tmp_path, watch=None):
         train_examples=len(data.train),
         eval_examples=len(data.eval),
     )
-    from trl import SFTConfig
+    from trl import SFTConfig, SFTTrainer
 
+    from lora_magic.sft import use_cpu_dropout
+
+    if trainer_class is SFTTrainer:
+        use_cpu_dropout(model)  # as the engine's trainer does on the CPU
     trainer = trainer_class(
         model=model,
         args=SFTConfig(**arguments),
@@ -61,6 +67,15 @@ def train(trainer_class, prepared, tmp_path, watch=None):
         eval_dataset=datasets.Dataset.from_list(data.eval),
         processing_class=tokenizer,
     )
+    return trainer, model
+
+
+def train(trainer_class, prepared, tmp_path, watch=None):
+    """Five steps of `trainer_class` from the same initial adapter: (step losses, eval losses,
+    the adapter's weights). `watch(model)` gives a forward hook for the output head."""
+    from peft import get_peft_model_state_dict
+
+    trainer, model = build(trainer_class, prepared, tmp_path)
     if watch:
         model.get_base_model().lm_head.register_forward_hook(watch(model))
     trainer.train()
@@ -128,3 +143,30 @@ def test_a_batch_with_too_many_logits_goes_through_trls_tiled_head(prepared, tmp
     )
     assert not projected  # TRL's fused head multiplies by the head's weight, not through its module
     assert capped[0] == pytest.approx(train(SFTTrainer, prepared, tmp_path)[0], abs=TOLERANCE)
+
+
+def test_cpu_dropout_keeps_each_element_with_probability_1_minus_p_and_scales_it():
+    from lora_magic.sft import CPUDropout
+
+    dropout = CPUDropout(0.05).train()
+    x = torch.ones(1_000, 1_000, requires_grad=True)
+    torch.manual_seed(0)
+    y = dropout(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.95) < 5 * (0.05 * 0.95 / x.numel()) ** 0.5  # five sigma
+    assert torch.equal(y[kept], torch.full_like(y[kept], 1 / 0.95))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient passes where the element was kept, scaled
+    assert kept.float().mean(dim=0).std() < 0.02 and kept.float().mean(dim=1).std() < 0.02  # no stripes
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x) != 0, kept)  # torch's seed decides the mask
+    assert not torch.equal(dropout(x) != 0, kept)  # and each call draws a new one
+    assert dropout.eval()(x) is x
+
+
+def test_on_the_cpu_the_lora_layers_train_with_cpu_dropout(prepared, tmp_path):
+    from lora_magic.sft import CPUDropout, LabelledLogitsSFTTrainer
+
+    _, model = build(LabelledLogitsSFTTrainer, prepared, tmp_path, dropout=0.05)
+    dropouts = [d for m in model.modules() if hasattr(m, "lora_A") for d in m.lora_dropout.values()]
+    assert dropouts and all(type(d) is CPUDropout and d.p == 0.05 for d in dropouts)

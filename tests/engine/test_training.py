@@ -1,5 +1,6 @@
 """The training manager on the tiny model: events, run store, controls, resume, failures."""
 
+import gc
 import json
 import shutil
 import subprocess
@@ -182,9 +183,32 @@ def test_out_of_memory_fails_the_run_with_advice(tiny_model_dir, records, runs_d
     assert run.status == "failed"
     assert run.error == "out of memory at step 0: lower batch_size or max_length, or use quantization='4bit'"
     assert RunStore(runs_dir).read("oom")["error"] == run.error
+    assert gc.get_freeze_count() == 0  # what the run froze for the trainer's start is back (below)
     lm.train(
         model=tiny_model_dir, data=records, steps=1, name="after-oom"
     ).wait()  # the manager is free again
+
+
+def test_the_trainers_opening_collection_skips_what_existed_and_nothing_stays_frozen(
+    tiny_model_dir, records, runs_dir, monkeypatch
+):
+    """The trainer collects garbage as it starts (accelerate's free_memory): the objects that
+    existed before the run are frozen out of that collection, and unfrozen once training begins."""
+    from accelerate import Accelerator
+
+    frozen, original = [], Accelerator.free_memory
+
+    def free_memory(self, *objects):
+        frozen.append(gc.get_freeze_count())
+        return original(self, *objects)
+
+    monkeypatch.setattr(Accelerator, "free_memory", free_memory)
+    steps = []
+    run = lm.train(model=tiny_model_dir, data=records, steps=2, name="collected")
+    run.subscribe(lambda event: event["type"] == "log" and steps.append(gc.get_freeze_count()))
+    run.wait()
+    assert run.status == "completed"
+    assert frozen[0] > 50_000 and steps and set(steps) == {0} and gc.get_freeze_count() == 0
 
 
 def test_bad_input_is_refused_before_the_run_store_is_touched(tiny_model_dir, runs_dir, monkeypatch):
