@@ -211,6 +211,19 @@ def test_the_trainers_opening_collection_skips_what_existed_and_nothing_stays_fr
     assert frozen[0] > 50_000 and steps and set(steps) == {0} and gc.get_freeze_count() == 0
 
 
+def test_on_the_cpu_a_run_trains_its_adapter_with_cpu_dropout(tiny_model_dir, records, runs_dir):
+    from lora_magic.generation import session
+    from lora_magic.sft import CPUDropout
+
+    run = lm.train(model=tiny_model_dir, data=records, steps=1, dropout=0.1, name="dropped").wait()
+    assert run.status == "completed", run.error
+    layers = [
+        m for m in session().model.modules() if hasattr(m, "lora_dropout") and "dropped" in m.lora_dropout
+    ]
+    assert layers and all(type(m.lora_dropout["dropped"]) is CPUDropout for m in layers)
+    assert {m.lora_dropout["dropped"].p for m in layers} == {0.1}
+
+
 def test_bad_input_is_refused_before_the_run_store_is_touched(tiny_model_dir, runs_dir, monkeypatch):
     with pytest.raises(lm.DataError, match=r"row 0 has no field 'response'"):
         lm.train(model=tiny_model_dir, data=[{"instruction": "x", "answer": "y"}], steps=2)
