@@ -417,6 +417,19 @@ def greedy(model, tokenizer, prompts: list[str], tokens: int) -> list[list[int]]
     return answers
 
 
+def forced_agreement(model, tokenizer, prompts: list[str], answers: list[list[int]]) -> float:
+    """Share of the answers' tokens that `model` predicts first when fed each prompt and the
+    answer so far. Unlike a free-running answer, one near-tie does not derail the rest."""
+    hits = total = 0
+    for prompt, answer in zip(prompts, answers):
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.cat([ids, torch.tensor([answer])], dim=1)).logits[0, ids.shape[1] - 1 : -1]
+        hits += int((logits.argmax(-1) == torch.tensor(answer)).sum())
+        total += len(answer)
+    return hits / total
+
+
 @pytest.mark.real_model
 def test_gguf_of_a_built_in_model_run_answers_as_the_merged_model(tmp_path, runs_dir):
     records = load_records(str(bundled_dataset()))
@@ -442,7 +455,7 @@ def test_gguf_of_a_built_in_model_run_answers_as_the_merged_model(tmp_path, runs
     prompts = [prompt_for(text, run.config, tokenizer) for text in held_out]
     reference = greedy(AutoModelForCausalLM.from_pretrained(merged.path), tokenizer, prompts, ANSWER_TOKENS)
 
-    def gguf_answers(exported, tokens):
+    def gguf_chats(exported):
         loaded = gguf_tokenizer(exported)  # prompts from the GGUF's own chat template
         chats = [
             loaded.apply_chat_template(
@@ -451,8 +464,9 @@ def test_gguf_of_a_built_in_model_run_answers_as_the_merged_model(tmp_path, runs
             for t in held_out
         ]
         assert chats == prompts
-        return greedy(gguf_model(exported), loaded, chats, tokens)
+        return loaded, chats
 
-    assert gguf_answers(f16, ANSWER_TOKENS) == reference
-    agree = [a == r[:16] for a, r in zip(gguf_answers(q8, 16), reference)]
-    assert sum(agree) >= 2, agree
+    assert greedy(gguf_model(f16), *gguf_chats(f16), ANSWER_TOKENS) == reference
+    # 8-bit blocks move the logits enough to flip a near-tie, after which a free answer wanders off
+    agreement = forced_agreement(gguf_model(q8), *gguf_chats(q8), reference)
+    assert agreement >= 0.85, agreement  # 0.94 and 1.00 with seeds 42 and 1
