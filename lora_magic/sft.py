@@ -64,7 +64,7 @@ class LabelledLogitsSFTTrainer(SFTTrainer):
 class CPUDropout(torch.nn.Module):
     """torch's dropout (each element kept with probability 1 - p, scaled by 1 / (1 - p)) with its
     mask drawn from numpy's SFC64 generator: on the CPU torch draws the mask one float at a time,
-    which made LoRA's dropout about 6 % of a training step; this draws it in a third of the time.
+    which made LoRA's dropout 5 % of a training step (benchmarks/step_profile.py).
     Each call seeds the generator from torch's, so torch.manual_seed still decides every mask."""
 
     def __init__(self, p: float):

@@ -483,9 +483,9 @@ def _work(run: Run, prepared: Prepared, resume_from: Path | None) -> None:
             total_params=run.total_params,
             started=time.time(),
         )
-        # The trainer starts with a full garbage collection (accelerate's free_memory). In a kernel
-        # holding a million objects that takes a quarter second: the objects that exist now are set
-        # aside until training begins (RunCallback.on_train_begin unfreezes them).
+        # The trainer starts with a full garbage collection (accelerate's free_memory), which visits
+        # every object the kernel holds: the objects that exist now are set aside until training
+        # begins (RunCallback.on_train_begin unfreezes them).
         gc.freeze()
         try:
             result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

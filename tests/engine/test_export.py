@@ -469,4 +469,4 @@ def test_gguf_of_a_built_in_model_run_answers_as_the_merged_model(tmp_path, runs
     assert greedy(gguf_model(f16), *gguf_chats(f16), ANSWER_TOKENS) == reference
     # 8-bit blocks move the logits enough to flip a near-tie, after which a free answer wanders off
     agreement = forced_agreement(gguf_model(q8), *gguf_chats(q8), reference)
-    assert agreement >= 0.85, agreement  # 0.94 and 1.00 with seeds 42 and 1
+    assert agreement >= 0.85, agreement  # 0.94 measured
