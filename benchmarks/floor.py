@@ -155,6 +155,19 @@ def batch_shape(train: list[dict], batch_size: int, seed: int) -> dict:
 
 
 # -- the contenders ---------------------------------------------------------------------------------
+def padded(batch: list[dict], pad_token_id: int) -> dict:
+    """The floor's batch: examples padded on the right to the longest, as model(**batch) takes it."""
+    import torch
+
+    longest = max(len(e["input_ids"]) for e in batch)
+    pad = [longest - len(e["input_ids"]) for e in batch]
+    return {
+        "input_ids": torch.tensor([e["input_ids"] + [pad_token_id] * p for e, p in zip(batch, pad)]),
+        "labels": torch.tensor([e["labels"] + [-100] * p for e, p in zip(batch, pad)]),
+        "attention_mask": torch.tensor([[1] * len(e["input_ids"]) + [0] * p for e, p in zip(batch, pad)]),
+    }
+
+
 def run_floor(train: list[dict], tokenizer, batch_size: int, seed: int) -> dict:
     import torch
     from peft import get_peft_model
@@ -171,14 +184,9 @@ def run_floor(train: list[dict], tokenizer, batch_size: int, seed: int) -> dict:
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
     first_step, losses = None, []
     for start in range(0, len(order), batch_size):
-        batch = [train[i] for i in order[start : start + batch_size]]
-        longest = max(len(e["input_ids"]) for e in batch)
-        pad = [longest - len(e["input_ids"]) for e in batch]
-        input_ids = torch.tensor([e["input_ids"] + [tokenizer.pad_token_id] * p for e, p in zip(batch, pad)])
-        labels = torch.tensor([e["labels"] + [-100] * p for e, p in zip(batch, pad)])
-        attention_mask = torch.tensor([[1] * len(e["input_ids"]) + [0] * p for e, p in zip(batch, pad)])
+        batch = padded([train[i] for i in order[start : start + batch_size]], tokenizer.pad_token_id)
         first_step = first_step or time.perf_counter()
-        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

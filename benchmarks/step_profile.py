@@ -62,13 +62,8 @@ def floor_step(train, tokenizer, batch_size: int):
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
 
     def step(i: int) -> None:
-        batch = [train[k] for k in batch_of(i, batch_size, len(train))]
-        longest = max(len(e["input_ids"]) for e in batch)
-        pad = [longest - len(e["input_ids"]) for e in batch]
-        input_ids = torch.tensor([e["input_ids"] + [tokenizer.pad_token_id] * p for e, p in zip(batch, pad)])
-        labels = torch.tensor([e["labels"] + [-100] * p for e, p in zip(batch, pad)])
-        mask = torch.tensor([[1] * len(e["input_ids"]) + [0] * p for e, p in zip(batch, pad)])
-        model(input_ids=input_ids, attention_mask=mask, labels=labels).loss.backward()
+        batch = floor.padded([train[k] for k in batch_of(i, batch_size, len(train))], tokenizer.pad_token_id)
+        model(**batch).loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
