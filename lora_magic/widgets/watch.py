@@ -16,6 +16,7 @@ import queue
 import threading
 from typing import Any
 
+from ..events import FINISHED, STATUS
 from .dashboard import Dashboard
 from .frontend import use_widgets
 from .static import Shown
@@ -71,17 +72,17 @@ def pump(run: Any, view: Dashboard | TextProgress, poll: float = 0.25) -> None:
     try:
         for event in past:
             view.handle(event)
-        while True:
+        while not (run.done and events.empty()):
             try:
                 try:
                     event = events.get(timeout=poll)
                 except queue.Empty:
-                    if run.done and events.empty():
-                        break
                     view.refresh()
                     continue
                 if id(event) not in replayed:
                     view.handle(event)
+                if event["type"] == STATUS and event["status"] in FINISHED:
+                    run.wait()  # its last moments publish nothing more: end without polling through them
             except KeyboardInterrupt:
                 if not run.stops_on_interrupt:
                     break  # a run in another process trains on: only the watching ends

@@ -52,6 +52,16 @@ def test_foreground_dashboard_shows_the_whole_run(start):
     assert dashboard.stop_button.disabled and dashboard.pause_button.disabled
 
 
+def test_foreground_pumping_ends_with_the_run_not_a_poll_later(start):
+    run = start(steps=2)
+    dashboard = Dashboard(run)
+    pumping = threading.Thread(target=pump, args=(run, dashboard), kwargs={"poll": 3600}, daemon=True)
+    pumping.start()
+    pumping.join(120)  # polling once more after the last event would hold it for an hour
+    assert not pumping.is_alive() and run.status == "completed"
+    assert dashboard.progress.bar_style == "success"
+
+
 def test_stop_button_stops_the_run_and_the_adapter_is_saved(start):
     run = start(steps=40)
     dashboard = Dashboard(run)
