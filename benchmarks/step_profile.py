@@ -9,7 +9,9 @@ the hand-written loop's step (`model(**batch).loss`, backward, clipping, AdamW),
 batches of the first examples in order. After one warm-up step each, torch's profiler (whose own
 overhead is in the times) records `--steps` steps and the table splits their wall time into the
 operators' own CPU time by kind; "outside operators" is the rest (Python, numpy, the trainer's own
-work). Its shares are of each contender's own wall time.
+work). Its shares are of each contender's own wall time. The matrix multiplications' rate (their
+floating-point operations over their time) is set beside a bare `torch.mm` of the steps' most
+frequent large shape, repeated: what this machine's float32 GEMM does with nothing around it.
 """
 
 from __future__ import annotations
@@ -28,10 +30,16 @@ KINDS = {  # profiler operator names -> kind
 }
 
 
-def profile(step, steps: int) -> tuple[float, dict[str, float]]:
-    """Seconds per step and seconds per step by kind, over `steps` calls of `step(i)`."""
+def profile(step, steps: int) -> tuple[float, dict[str, float], float]:
+    """Seconds per step, seconds per step by kind and the matrix multiplications' GFLOP/s, over
+    `steps` calls of `step(i)`. The operations are counted in a second pass over the same steps,
+    because recording the shapes that counting needs slows the other operators down."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
+
+    def kind_of(event) -> str:
+        kind = next((k for k, names in KINDS.items() if any(event.key.startswith(n) for n in names)), None)
+        return kind or "other operators"
 
     step(0)
     with torch_profile(activities=[ProfilerActivity.CPU]) as profiler:
@@ -41,11 +49,27 @@ def profile(step, steps: int) -> tuple[float, dict[str, float]]:
         wall = time.perf_counter() - started
     by_kind = dict.fromkeys([*KINDS, "other operators"], 0.0)
     for event in profiler.key_averages():
-        kind = next((k for k, names in KINDS.items() if any(event.key.startswith(n) for n in names)), None)
-        by_kind[kind or "other operators"] += event.self_cpu_time_total / 1e6
+        by_kind[kind_of(event)] += event.self_cpu_time_total / 1e6
+    with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as counter:
+        for i in range(1, steps + 1):
+            step(i)
+    matmul_flops = sum(e.flops for e in counter.key_averages() if kind_of(e) == "matrix multiplications")
+    matmul_rate = matmul_flops / by_kind["matrix multiplications"] / 1e9
     by_kind = {kind: seconds / steps for kind, seconds in by_kind.items()}
     by_kind["outside operators"] = wall / steps - sum(by_kind.values())
-    return wall / steps, by_kind
+    return wall / steps, by_kind, matmul_rate
+
+
+def bare_matmul_rate(rows: int, inner: int = 576, columns: int = 1536, repeats: int = 50) -> float:
+    """GFLOP/s of torch.mm on a [rows, inner] x [inner, columns] float32 product, alone."""
+    import torch
+
+    a, b = torch.randn(rows, inner), torch.randn(inner, columns)
+    torch.mm(a, b)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        torch.mm(a, b)
+    return 2 * rows * inner * columns * repeats / (time.perf_counter() - started) / 1e9
 
 
 def batch_of(step: int, batch_size: int, examples: int) -> list[int]:
@@ -120,10 +144,17 @@ def main() -> None:
         f"\n| seconds per step ({args.steps} steps, batch {config.batch_size}) | " + " | ".join(rows) + " |"
     )
     print("| --- |" + " --- |" * len(rows))
-    print("| wall | " + " | ".join(f"{wall:.3f}" for wall, _ in rows.values()) + " |")
+    print("| wall | " + " | ".join(f"{wall:.3f}" for wall, _, _ in rows.values()) + " |")
     for kind in rows["floor"][1]:
-        cells = [f"{by_kind[kind]:.3f} ({by_kind[kind] / wall:.0%})" for wall, by_kind in rows.values()]
+        cells = [f"{by_kind[kind]:.3f} ({by_kind[kind] / wall:.0%})" for wall, by_kind, _ in rows.values()]
         print(f"| {kind} | " + " | ".join(cells) + " |")
+    print(
+        "| matrix multiplications, GFLOP/s | "
+        + " | ".join(f"{rate:.0f}" for *_, rate in rows.values())
+        + " |"
+    )
+    tokens = config.batch_size * max(len(e["input_ids"]) for e in prepared.train[: config.batch_size])
+    print(f"\nbare torch.mm [{tokens}, 576] x [576, 1536], float32: {bare_matmul_rate(tokens):.0f} GFLOP/s")
 
 
 if __name__ == "__main__":
