@@ -60,7 +60,7 @@ def profile(step, steps: int) -> tuple[float, dict[str, float], float]:
     return wall / steps, by_kind, matmul_rate
 
 
-def bare_matmul_rate(rows: int, inner: int = 576, columns: int = 1536, repeats: int = 50) -> float:
+def bare_matmul_rate(rows: int, inner: int, columns: int, repeats: int = 50) -> float:
     """GFLOP/s of torch.mm on a [rows, inner] x [inner, columns] float32 product, alone."""
     import torch
 
@@ -130,6 +130,10 @@ def lora_magic_step(config, train, tokenizer, output_dir: str):
 
 
 def main() -> None:
+    from transformers import AutoConfig
+
+    from lora_magic.models import builtin_checkpoint
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
@@ -153,8 +157,14 @@ def main() -> None:
         + " | ".join(f"{rate:.0f}" for *_, rate in rows.values())
         + " |"
     )
+    # the MLP's projections: the steps' most frequent large product
     tokens = config.batch_size * max(len(e["input_ids"]) for e in prepared.train[: config.batch_size])
-    print(f"\nbare torch.mm [{tokens}, 576] x [576, 1536], float32: {bare_matmul_rate(tokens):.0f} GFLOP/s")
+    model_config = AutoConfig.from_pretrained(builtin_checkpoint(floor.MODEL))
+    shape = (tokens, model_config.hidden_size, model_config.intermediate_size)
+    print(
+        "\nbare torch.mm [{}, {}] x [{}, {}], float32: ".format(*shape[:2], *shape[1:])
+        + f"{bare_matmul_rate(*shape):.0f} GFLOP/s"
+    )
 
 
 if __name__ == "__main__":
