@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import lora_magic
-from lora_magic.testing import tiny_llama
+from lora_magic.model.tiny import tiny_llama
 from lora_magic.widgets import Dashboard
 from lora_magic.widgets.watch import follow, pump
 

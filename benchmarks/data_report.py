@@ -13,8 +13,9 @@ import argparse
 import json
 import time
 
-from lora_magic.config import RunConfig
-from lora_magic.data import bundled_dataset, load_tokenizer
+from lora_magic.core.config import RunConfig
+from lora_magic.data.sources import bundled_dataset
+from lora_magic.data.tokens import load_tokenizer
 
 
 def products(copies: int) -> list[dict]:
@@ -27,7 +28,7 @@ def products(copies: int) -> list[dict]:
 
 
 def timed(config: RunConfig, tokenizer) -> float:
-    from lora_magic.datacheck import inspect_data
+    from lora_magic.data.report import inspect_data
 
     start = time.perf_counter()
     report = inspect_data(config, tokenizer=tokenizer)

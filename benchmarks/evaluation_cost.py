@@ -28,8 +28,8 @@ ONE = r"""
 import json, sys, tempfile, time
 from transformers import Trainer
 import lora_magic as lm
-from lora_magic.data import bundled_dataset, load_records
-from lora_magic.generation import session
+from lora_magic.data.sources import bundled_dataset, load_records
+from lora_magic.model.session import session
 
 case, settings = sys.argv[1], json.loads(sys.argv[2])
 rows = load_records(str(bundled_dataset()))

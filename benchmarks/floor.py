@@ -103,8 +103,10 @@ class Clock:
 
 def examples(count: int, seed: int):
     """(the RunConfig, the tokenizer, lora_magic's prepared split) for the first `count` rows."""
-    from lora_magic.config import RunConfig
-    from lora_magic.data import bundled_dataset, load_records, load_tokenizer, prepare
+    from lora_magic.core.config import RunConfig
+    from lora_magic.data.prepare import prepare
+    from lora_magic.data.sources import bundled_dataset, load_records
+    from lora_magic.data.tokens import load_tokenizer
 
     config = RunConfig(model=MODEL, data=load_records(str(bundled_dataset()))[:count], seed=seed)
     tokenizer = load_tokenizer(config)
@@ -117,7 +119,7 @@ def load_plain_base():
     import torch
     from transformers import AutoModelForCausalLM
 
-    from lora_magic.models import builtin_checkpoint
+    from lora_magic.core.catalogue import builtin_checkpoint
 
     return AutoModelForCausalLM.from_pretrained(builtin_checkpoint(MODEL), dtype=torch.float32)
 
@@ -242,8 +244,8 @@ def apply_variant(overrides: dict) -> None:
 
 def run_lora_magic(config, prepared, seed: int, variant: str | None, dashboard: bool) -> dict:
     import lora_magic as lm
-    from lora_magic import sft  # noqa: F401  TRL, imported before the clock as the others' libraries are
-    from lora_magic.generation import session
+    from lora_magic.model.session import session
+    from lora_magic.training import sft  # noqa: F401  TRL, imported before the clock as the others' libraries are
     from lora_magic.widgets import Dashboard
     from lora_magic.widgets.watch import pump
 

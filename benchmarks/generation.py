@@ -82,8 +82,8 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import lora_magic as lm
-    from lora_magic.data import alpaca_prompt
-    from lora_magic.models import builtin_checkpoint
+    from lora_magic.core.catalogue import builtin_checkpoint
+    from lora_magic.data.templates import alpaca_prompt
 
     checkpoint = builtin_checkpoint("smollm2-135m")
     text = alpaca_prompt(PROMPT)

@@ -43,10 +43,11 @@ settings = json.loads(sys.argv[1])
 mode = sys.argv[2]
 import lora_magic as lm
 import torch, transformers, peft, trl
-from lora_magic.config import RunConfig
-from lora_magic.data import bundled_dataset, load_records, prepare
-from lora_magic.generation import session
-from lora_magic import models
+from lora_magic.core.config import RunConfig
+from lora_magic.data.prepare import prepare
+from lora_magic.data.sources import bundled_dataset, load_records
+from lora_magic.model.session import session
+from lora_magic.model.targets import resolve_targets
 config = RunConfig(
     model="smollm2-135m", quantization=settings["base"], targets=settings["targets"], r=settings["r"],
     batch_size=settings["batch_size"], steps=settings["steps"], eval_fraction=0.0,
@@ -65,7 +66,7 @@ if mode == "lora_magic":
 session().ensure_base(config)
 model, tokenizer = session().model, session().tokenizer
 out["weights"] = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]) / 2**20
-targets = models.resolve_targets(config, model)
+targets = resolve_targets(config, model)
 session().add_training_adapter("memory", config, targets)
 model = session().model
 model.train()

@@ -19,7 +19,8 @@ import tempfile
 import time
 
 import lora_magic as lm
-from lora_magic.data import ALPACA_END, bundled_dataset, load_records
+from lora_magic.data.sources import bundled_dataset, load_records
+from lora_magic.data.templates import ALPACA_END
 
 HELD_OUT = [  # products and categories the bundled training rows do not contain
     "Create a detailed description for the following product: Zenith Desk Lamp, belonging to category: Lighting",

@@ -41,7 +41,7 @@ import json, time
 t0 = time.perf_counter()
 import torch, transformers
 t1 = time.perf_counter()
-from lora_magic.models import builtin_checkpoint
+from lora_magic.core.catalogue import builtin_checkpoint
 path = builtin_checkpoint("smollm2-135m")
 t2 = time.perf_counter()
 print("RESULT " + json.dumps({"imports": t1 - t0, "convert": t2 - t1, "path": path}))
@@ -52,8 +52,8 @@ import json, time
 t0 = time.perf_counter()
 import torch, transformers, peft
 t1 = time.perf_counter()
-from lora_magic.config import RunConfig
-from lora_magic.generation import session
+from lora_magic.core.config import RunConfig
+from lora_magic.model.session import session
 session().ensure_base(RunConfig(model="smollm2-135m"))
 t2 = time.perf_counter()
 print("RESULT " + json.dumps({"imports": t1 - t0, "load": t2 - t1}))

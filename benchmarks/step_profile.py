@@ -101,13 +101,14 @@ def lora_magic_step(config, train, tokenizer, output_dir: str):
     from peft import get_peft_model
     from trl import SFTConfig
 
-    from lora_magic import recipe
-    from lora_magic.sft import LabelledLogitsSFTTrainer
+    from lora_magic.core import recipe
+    from lora_magic.core.hardware import detect
+    from lora_magic.training.sft import LabelledLogitsSFTTrainer
 
     torch.manual_seed(0)
     model = get_peft_model(floor.load_plain_base(), floor.lora_config())
     arguments = recipe.trainer_arguments(
-        config, recipe.this_machine(config), output_dir=output_dir, train_examples=len(train), eval_examples=0
+        config, detect(config), output_dir=output_dir, train_examples=len(train), eval_examples=0
     )
     trainer = LabelledLogitsSFTTrainer(
         model=model,
@@ -132,7 +133,7 @@ def lora_magic_step(config, train, tokenizer, output_dir: str):
 def main() -> None:
     from transformers import AutoConfig
 
-    from lora_magic.models import builtin_checkpoint
+    from lora_magic.core.catalogue import builtin_checkpoint
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4)

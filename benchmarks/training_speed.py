@@ -17,7 +17,7 @@ import tempfile
 import torch
 
 import lora_magic as lm
-from lora_magic.data import bundled_dataset, load_records
+from lora_magic.data.sources import bundled_dataset, load_records
 
 PROMPT = "Create a detailed description for the following product: Polar Kettle, belonging to category: Kitchen Appliance"
 CASES = {  # name: (the table's label, the run's settings)
@@ -59,7 +59,7 @@ def main() -> None:
     cases = args.cases.split(",")
     if unknown := [case for case in cases if case not in CASES]:
         parser.error(f"unknown cases {', '.join(unknown)}; known: {', '.join(CASES)}")
-    from lora_magic.models import device
+    from lora_magic.core.hardware import device
 
     print(f"device: {device()}, {torch.get_num_threads()} threads")
     print("| setting | s/step | training tokens/s | generated tokens/s |\n| --- | --- | --- | --- |")

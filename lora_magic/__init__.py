@@ -16,9 +16,9 @@ import importlib
 import logging
 from typing import Any
 
-from .config import RunConfig
-from .errors import ConfigError, DataError, LoraMagicError, ModelError, RunError
-from .runs import RunStore
+from .core.config import RunConfig
+from .core.errors import ConfigError, DataError, LoraMagicError, ModelError, RunError
+from .core.store import RunStore
 
 __version__ = "0.1.0"
 
@@ -31,24 +31,29 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
 
 # Public names served lazily from the modules that hold the heavy imports.
 _LAZY = {
-    "train": "training",
-    "resume": "training",
-    "manager": "training",
-    "Run": "training",
-    "preview": "data",
-    "load_records": "data",
-    "inspect_data": "datacheck",
-    "session": "generation",
-    "compare": "generation",
-    "Conversation": "generation",
-    "free": "generation",
-    "export": "exporting",
-    "load_base": "models",
-    "resolve_model": "models",
-    "plan": "planning",
-    "diff": "diffing",
-    "evaluate": "evaluation",
-    "sweep": "sweeps",
+    "train": "training.start",
+    "resume": "training.start",
+    "Run": "training.run",
+    "manager": "training.trainer",
+    "script": "training.script",
+    "preview": "data.prepare",
+    "load_records": "data.sources",
+    "bundled_dataset": "data.sources",
+    "inspect_data": "data.report",
+    "session": "model.session",
+    "free": "model.session",
+    "load_base": "model.loading",
+    "compare": "model.generation",
+    "Conversation": "model.generation",
+    "merge": "model.merging",
+    "resolve_model": "core.catalogue",
+    "runs": "core.listing",
+    "show": "core.listing",
+    "plan": "experiments.plan",
+    "diff": "experiments.diff",
+    "evaluate": "experiments.evaluate",
+    "sweep": "experiments.sweep",
+    "export": "experiments.export",
 }
 
 __all__ = [

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 import lora_magic as lm
-from lora_magic.data import bundled_dataset, load_records
+from lora_magic.core.events import COMPLETED, EVAL, LOG
 
 PROMPT = "Create a detailed description for the following product: Zenith Desk Lamp, belonging to category: Lighting"
 
@@ -18,7 +18,7 @@ def main() -> None:
     parser.add_argument("--runs-dir", default=None, help="run store (default ./lora_runs)")
     args = parser.parse_args()
 
-    records = load_records(str(bundled_dataset()))
+    records = lm.load_records(lm.bundled_dataset())
     print(
         f"Fine-tuning smollm2-135m ({args.quantization}) on {len(records)} product descriptions, {args.steps} steps"
     )
@@ -34,20 +34,20 @@ def main() -> None:
     )
     run.subscribe(_print_progress)
     run.wait()
-    if run.status != "completed":
+    if run.status != COMPLETED:
         raise SystemExit(f"run {run.name} {run.status}: {run.error}")
     print(f"\nAdapter saved in {run.adapter_path}\n")
     print(lm.compare(PROMPT, max_new_tokens=80))
 
 
 def _print_progress(event: dict) -> None:
-    if event["type"] == "log" and (event["step"] % 5 == 0 or event["step"] == event["total_steps"]):
+    if event["type"] == LOG and (event["step"] % 5 == 0 or event["step"] == event["total_steps"]):
         print(
             f"step {event['step']}/{event['total_steps']}  loss {event['loss']:.3f}  "
             f"{event['tokens_per_second']:.0f} tokens/s  eta {event['eta']:.0f}s",
             flush=True,
         )
-    elif event["type"] == "eval":
+    elif event["type"] == EVAL:
         print(f"step {event['step']}  eval loss {event['eval_loss']:.3f}", flush=True)
 
 

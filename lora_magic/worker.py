@@ -19,20 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .events import COMPLETED, FAILED, STATUS, STOPPED
-from .runs import RunStore
-
-
-class FollowingStore(RunStore):
-    """The run store as the other processes of a multi-process run use it: read, never written."""
-
-    writable = False
-
-    def write(self, name: str, record: dict[str, Any], pid: int | None = None) -> None:
-        pass
-
-    def append_event(self, name: str, event: dict[str, Any]) -> None:
-        pass
+from .core.events import COMPLETED, FAILED, STATUS, STOPPED
+from .core.store import RunStore
 
 
 def main(argv: list[str]) -> int:
@@ -43,16 +31,17 @@ def main(argv: list[str]) -> int:
     if not (folder / "run.json").is_file():
         print(f"{folder} is not a run folder: it has no run.json", file=sys.stderr)
         return 2
-    from . import training
+    from .training.start import train_folder
 
-    store = (RunStore if int(os.environ.get("RANK", "0")) == 0 else FollowingStore)(folder.parent)
+    store = RunStore(folder.parent)
+    first = int(os.environ.get("RANK", "0")) == 0  # under Accelerate, the first process alone writes
     # SIGTERM (a scheduler's cancel, kill) stops the run gracefully, as an interrupt does. It raises
     # the KeyboardInterrupt itself: a process started in the background inherits SIGINT ignored.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        run = training.train_folder(store, folder.name)
+        run = train_folder(store, folder.name, writes=first)
     except Exception as error:  # before the training started: the run itself says why, not only this log
-        if store.read(folder.name)["status"] != COMPLETED:
+        if first and store.read(folder.name)["status"] != COMPLETED:
             reason = f"{type(error).__name__}: {error}"
             event = {"time": time.time(), "type": STATUS, "status": FAILED, "step": 0, "error": reason}
             store.append_event(folder.name, event)

@@ -8,17 +8,26 @@ import pytest
 @pytest.fixture(scope="session")
 def builtin_model_dir() -> str:
     """The built-in SmolLM2-135M-Instruct as a plain checkpoint (converted once per machine)."""
-    from lora_magic.models import builtin_checkpoint
+    from lora_magic.core.catalogue import builtin_checkpoint
 
     return builtin_checkpoint("smollm2-135m")
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, builtin_model_dir) -> str:
-    """A 2-layer random Llama using SmolLM2's real tokenizer: trains hundreds of steps per minute."""
-    from lora_magic.testing import tiny_llama
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A 2-layer random Llama with a small tokenizer of its own: trains hundreds of steps per minute."""
+    from lora_magic.model.tiny import tiny_llama
 
     return tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def wide_tiny_model_dir(tmp_path_factory) -> str:
+    """The tiny Llama with SmolLM2's vocabulary size (49,152 rows): its vocabulary projection is
+    most of its memory and work, as in a small real model."""
+    from lora_magic.model.tiny import tiny_llama
+
+    return tiny_llama(tmp_path_factory.mktemp("wide-tiny-llama"), vocab_size=49152)
 
 
 # The source experiment's model, OpenLLaMA-3B-v2: its published config.json, without the weights.
@@ -67,9 +76,9 @@ def clean_session():
     yield
     import sys
 
-    if "lora_magic.training" in sys.modules:
-        from lora_magic.generation import session
-        from lora_magic.training import manager
+    if "lora_magic.training.trainer" in sys.modules:
+        from lora_magic.model.session import session
+        from lora_magic.training.trainer import manager
 
         active = manager().active
         if active and not active.done:

@@ -5,7 +5,7 @@
  */
 import { ISignal, Signal } from '@lumino/signaling';
 
-import { ACTIVE_STATUSES } from './vocabulary';
+import { ACTIVE_STATUSES, REDONE_AT_RESUME } from './vocabulary';
 
 export { ACTIVE_STATUSES };
 
@@ -82,11 +82,11 @@ export function emptyView(summary: IRunSummary): IRunView {
 
 /**
  * Whether an event was logged before a resume from the checkpoint of step `step` and is trained,
- * evaluated or probed again after it (lora_magic.events.current does the same in Python).
+ * evaluated or probed again after it (lora_magic.core.events.superseded, the same rule in Python).
  */
 function superseded(event: { step?: number }, kind: string, step: number): boolean {
   const at = event.step ?? 0;
-  return at > step || (at === step && kind !== 'log');
+  return at > step || (at === step && REDONE_AT_RESUME.includes(kind));
 }
 
 /** Adds newly read events to a run's series; a resumed run keeps one history. */

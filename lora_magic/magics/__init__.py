@@ -13,10 +13,12 @@ from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, 
 from IPython.core.magic_arguments import argument, kwds, magic_arguments
 from traitlets import Enum, Unicode
 
-from ..config import RunConfig, choices
-from ..runs import RunStore
+from ..core.config import RunConfig, choices
+from ..core.events import FAILED
+from ..core.store import RunStore
+from . import answers, data, experiments, runs, session  # the groups of %lora subcommands
+from .answers import compare_arguments, run_compare
 from .cells import cell_output
-from .commands import FORMATTER, compare_arguments, help_text, lookup, overview, run_compare, user_errors
 from .options import (
     DATA_SETTINGS,
     NotebookVariables,
@@ -26,8 +28,10 @@ from .options import (
     read_body,
     split,
 )
+from .registry import FORMATTER, help_text, lookup, overview, user_errors
 
 __all__ = ["LoraMagics"]
+SUBCOMMANDS = (session, runs, answers, data, experiments)
 
 
 @magics_class
@@ -95,18 +99,18 @@ class LoraMagics(Magics):
             body = {key: self.variables.expand(value, key) for key, value in body.items()}
             config = self.run_config({**body, **config_values(args)})
             if args.preview:
-                from ..data import preview
+                from ..data.prepare import preview
 
                 return preview(config)
             if args.plan:
-                from ..planning import plan
+                from ..experiments.plan import plan
 
                 return plan(config, gpu=args.plan)
-            import lora_magic
-
             if grid is not None:
                 return self.run_sweep(config, grid, args.background)
-            run = lora_magic.train(config, runs_dir=self.runs_root)
+            from ..training.start import train
+
+            run = train(config, runs_dir=self.runs_root)
             self.last_config = config
             self.watch(run, background=args.background)
         return run
@@ -184,7 +188,7 @@ class LoraMagics(Magics):
 
     def run_sweep(self, config: RunConfig, grid: Any, background: bool) -> Any:
         """Train the runs of a `sweep:` block one after another, with one view that follows them."""
-        from ..sweeps import sweep
+        from ..experiments.sweep import sweep
         from ..widgets import watch_sweep
 
         started = sweep(config, grid=grid, runs_dir=self.runs_root)
@@ -198,5 +202,5 @@ class LoraMagics(Magics):
 
         watch(run, background=background, widgets=self.use_widgets())
         self.cells.shown.append(run)  # so the run this magic returns is not echoed under its view
-        if run.status == "failed":
+        if run.status == FAILED:
             print(f"Run {run.name!r} failed: {run.error}", file=sys.stderr)

@@ -19,7 +19,7 @@ from typing import Any
 
 from IPython.display import display
 
-from .. import progress
+from ..core import progress
 
 _by_shell: dict[int, CellOutput] = {}
 
@@ -36,8 +36,8 @@ class CellOutput:
         self.shell.events.register("pre_run_cell", self._new_cell)
         self.shell.events.register("post_run_cell", self._cell_done)
         formatter = self.shell.display_formatter.ipython_display_formatter
-        formatter.for_type_by_name("lora_magic.training", "Run", self._display_run)
-        formatter.for_type_by_name("lora_magic.sweeps", "Sweep", self._display_run)
+        formatter.for_type_by_name("lora_magic.training.run", "Run", self._display_run)
+        formatter.for_type_by_name("lora_magic.experiments.sweep", "Sweep", self._display_run)
 
     @contextlib.contextmanager
     def progress_line(self) -> Iterator[None]:

@@ -17,8 +17,8 @@ import yaml
 from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument, argument_group
 
-from ..config import RunConfig, fields_by_section
-from ..errors import did_you_mean
+from ..core.config import RunConfig, fields_by_section
+from ..core.errors import did_you_mean
 
 REFERENCE = re.compile(r"\{([A-Za-z_]\w*)\}")
 FORMAT_SETTINGS = ("prompt_format", "response_format")  # their {field}s name record fields

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .commands import COMMANDS, help_text, overview
+from .registry import COMMANDS, help_text, overview
 
 
 def markdown() -> str:

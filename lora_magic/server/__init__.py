@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..runs import RunStore
+from ..core.store import RunStore
 from .handlers import handlers
 
 

@@ -25,8 +25,8 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 
-from ..errors import RunError
-from ..runs import RunStore
+from ..core.errors import RunError
+from ..core.store import RunStore
 
 SUMMARY_KEYS = (
     "name",

@@ -11,15 +11,16 @@ import html
 
 import ipywidgets as w
 
-from ..errors import LoraMagicError
-from ..generation import BASE, Answer, Conversation, session
-from .summary import answer_html
+from ..core.config import MAX_NEW_TOKENS, Sampling
+from ..core.errors import LoraMagicError
+from ..core.format import answer_html
+from ..model.generation import Answer, Conversation
+from ..model.session import BASE, session
 
 
 class ChatPanel:
-    def __init__(
-        self, conversation: Conversation | None = None, max_new_tokens: int = 96, temperature: float = 0.0
-    ):
+    def __init__(self, conversation: Conversation | None = None, sampling: Sampling | None = None):
+        how = sampling or Sampling()
         self.conversation = conversation or Conversation()
         names = [BASE, *session().adapters]
         current = self.conversation.adapter or session().active
@@ -27,14 +28,14 @@ class ChatPanel:
             options=names, value=current if current in names else BASE, description="talk to"
         )
         self.max_new_tokens = w.BoundedIntText(
-            value=max_new_tokens,
+            value=how.max_new_tokens,
             min=1,
-            max=4096,
+            max=MAX_NEW_TOKENS,
             description="max tokens",
             style={"description_width": "auto"},
         )
         self.temperature = w.FloatSlider(
-            value=temperature,
+            value=how.temperature,
             min=0.0,
             max=2.0,
             step=0.05,

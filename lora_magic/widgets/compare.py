@@ -8,9 +8,11 @@ import time
 
 import ipywidgets as w
 
-from ..errors import LoraMagicError
-from ..generation import BASE, Comparison, session
-from .summary import answer_html
+from ..core.config import MAX_NEW_TOKENS, Sampling
+from ..core.errors import LoraMagicError
+from ..core.format import answer_html
+from ..model.generation import Comparison, compare
+from ..model.session import BASE, session
 
 WRAP = {"flex_flow": "row wrap"}  # rows of controls wrap rather than overflow a narrow output
 
@@ -43,31 +45,25 @@ class Column:
 
 
 class ComparePanel:
-    def __init__(
-        self,
-        prompt: str = "",
-        adapters: list[str] | None = None,
-        max_new_tokens: int = 96,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-    ):
+    def __init__(self, prompt: str = "", adapters: list[str] | None = None, sampling: Sampling | None = None):
+        how = sampling or Sampling()
         names = [BASE, *session().adapters]
         chosen = adapters or names
         self.prompt = w.Textarea(value=prompt, placeholder="A prompt", layout=w.Layout(width="auto"))
         self.max_new_tokens = w.BoundedIntText(
-            value=max_new_tokens,
+            value=how.max_new_tokens,
             min=1,
-            max=4096,
+            max=MAX_NEW_TOKENS,
             description="max tokens",
             style={"description_width": "auto"},
         )
         self.sampling = w.ToggleButtons(
             options=["greedy", "sample"],
-            value="sample" if temperature > 0 else "greedy",
+            value="greedy" if how.greedy else "sample",
             style={"button_width": "70px"},
         )
         self.temperature = w.FloatSlider(
-            value=temperature or 0.7,
+            value=how.temperature or 0.7,
             min=0.05,
             max=2.0,
             step=0.05,
@@ -75,7 +71,7 @@ class ComparePanel:
             style={"description_width": "auto"},
         )
         self.top_p = w.FloatSlider(
-            value=top_p,
+            value=how.top_p,
             min=0.05,
             max=1.0,
             step=0.05,
@@ -127,7 +123,7 @@ class ComparePanel:
         self.generate_button.disabled, self.message.value = True, ""
         sampled = self.sampling.value == "sample"
         try:
-            comparison = session().compare(
+            comparison = compare(
                 prompt,
                 names,
                 max_new_tokens=self.max_new_tokens.value,

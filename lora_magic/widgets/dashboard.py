@@ -9,24 +9,38 @@ from __future__ import annotations
 
 import html
 import threading
-from typing import Any
 
 import ipywidgets as w
 
-from ..datacheck import describe_cleaning
-from ..events import FINISHED
-from ..planning import describe_estimate
+from ..core.events import (
+    COMPLETED,
+    EVAL,
+    FAILED,
+    FINISHED,
+    INTERRUPTED,
+    LOG,
+    PAUSED,
+    PROBE,
+    ROLLBACK,
+    RUNNING,
+    STATUS,
+    STOPPED,
+    WARNING,
+)
+from ..core.format import answer_html
+from ..core.record import describe_cleaning, describe_estimate
+from ..training.run import Run
 from . import summary
 from .frontend import route_to_subshell
 from .loss_plot import LossPlot, Throttle
 
 # on each cell, as JupyterLab right-aligns the cells of HTML tables (a saved notebook's picture)
 CELL = "vertical-align:top;text-align:left"
-BAR_STYLES = {"completed": "success", "stopped": "warning", "failed": "danger", "interrupted": "warning"}
+BAR_STYLES = {COMPLETED: "success", STOPPED: "warning", FAILED: "danger", INTERRUPTED: "warning"}
 
 
 class Dashboard:
-    def __init__(self, run: Any, budget: float = 0.01):
+    def __init__(self, run: Run, budget: float = 0.01):
         self.run = run
         self.plot = LossPlot()
         self.throttle = Throttle(budget)
@@ -119,28 +133,28 @@ class Dashboard:
             self.pending = True
         if self.run.trainable_params and "trainable" not in self.header.value:
             self._render_header()
-        if kind == "log":
+        if kind == LOG:
             self.progress.max = max(event["total_steps"], 1)
             self.progress.value = event["step"]
             self.last_log = event
             self.line = summary.progress(event)
-        elif kind == "eval":
+        elif kind == EVAL:
             self.eval_line = f"eval loss {event['eval_loss']:.4f} at step {event['step']}"
-        elif kind == "probe":
+        elif kind == PROBE:
             self.probe_answers[event["prompt"]] = event
             self._render_probes()
-        elif kind == "status":
+        elif kind == STATUS:
             self._render_status(event["status"])
-        elif kind == "warning":
+        elif kind == WARNING:
             self._render_warning(event["message"])
             self.rollback_button.layout.display = "" if self.run.best else "none"
-        elif kind == "rollback":
+        elif kind == ROLLBACK:
             self._render_warning(
                 f"rolled back to the weights of step {event['step']} (eval loss {event['eval_loss']:.4f})"
             )
             self.rollback_button.layout.display = "none"
         self._render_stats()
-        self.refresh(force=kind == "status" and event["status"] in FINISHED)
+        self.refresh(force=kind == STATUS and event["status"] in FINISHED)
 
     def refresh(self, force: bool = False) -> None:
         """Redraw the plot if it changed and the throttle (or `force`) allows; else draw it as soon
@@ -188,9 +202,9 @@ class Dashboard:
         self.state = status
         finished = status in FINISHED
         self.stop_button.disabled = self.pause_button.disabled = finished
-        if status == "paused":
+        if status == PAUSED:
             self.pause_button.description, self.pause_button.icon = "Resume", "play"
-        elif status == "running":
+        elif status == RUNNING:
             self.pause_button.description, self.pause_button.icon = "Pause", "pause"
             self.summary.value = ""
         if finished:
@@ -199,7 +213,7 @@ class Dashboard:
             if self.last_log:
                 self.line = summary.progress(self.last_log, finished=True)
             lines = [html.escape(line) for line in summary.final(self.run)]
-            colour = "#b00020" if status == "failed" else "inherit"
+            colour = "#b00020" if status == FAILED else "inherit"
             self.summary.value = f"<div style='color:{colour}'>" + "<br>".join(lines) + "</div>"
 
     def _render_warning(self, text: str) -> None:
@@ -210,8 +224,8 @@ class Dashboard:
     def _render_probes(self) -> None:
         rows = "".join(
             f"<tr><td style='{CELL}'>{html.escape(p['prompt'])}<br><small>step {p['step']}</small></td>"
-            f"<td style='{CELL}'>{summary.answer_html(p['base'])}</td>"
-            f"<td style='{CELL}'>{summary.answer_html(p['adapter'])}</td></tr>"
+            f"<td style='{CELL}'>{answer_html(p['base'])}</td>"
+            f"<td style='{CELL}'>{answer_html(p['adapter'])}</td></tr>"
             for p in self.probe_answers.values()
         )
         self.probes.value = (

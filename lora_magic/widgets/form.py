@@ -16,8 +16,8 @@ from typing import Any
 import ipywidgets as w
 import yaml
 
-from ..config import RunConfig, coerce, describe_source, fields_by_section
-from ..errors import LoraMagicError
+from ..core.config import RunConfig, coerce, describe_source, fields_by_section
+from ..core.errors import LoraMagicError
 
 SOURCES = ("data", "eval_data")
 TEMPLATE_TEXT = ("prompt_format", "response_format", "system_prompt")  # multi-line: a text area each
@@ -192,7 +192,7 @@ class ConfigForm:
     # -- acting --------------------------------------------------------------------------------
     def update_example(self) -> None:
         """Render the first training example in the chosen template, with its token count."""
-        from ..data import preview
+        from ..data.prepare import preview
 
         try:
             config = self.config()
@@ -202,7 +202,7 @@ class ConfigForm:
 
     def train(self) -> Any:
         """Start the engine with the form's settings; the dashboard appears below the form."""
-        from ..training import train
+        from ..training.start import train
         from .watch import watch
 
         with self.output:
@@ -225,13 +225,13 @@ class ConfigForm:
 
 def tokenizer_for(config: RunConfig) -> Any:
     """The session's tokenizer when it is for this model, else one loaded once per model."""
-    from ..generation import session
+    from ..model.session import session
 
     shared = session()
-    if shared.tokenizer is not None and shared.key and shared.key[0] == config.model:
+    if shared.tokenizer is not None and shared.base and shared.base.model == config.model:
         return shared.tokenizer
     if config.model not in _tokenizers:
-        from ..data import load_tokenizer
+        from ..data.tokens import load_tokenizer
 
         _tokenizers[config.model] = load_tokenizer(config)
     return _tokenizers[config.model]

@@ -13,6 +13,9 @@ from collections.abc import Callable
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..core.events import EVAL, LOG, Curve, History
+from ..core.results import SMOOTHING, smooth
+
 
 class Throttle:
     """Allows an action only as often as keeps its share of wall time under `budget`, but at least
@@ -51,17 +54,13 @@ class Throttle:
         self.next_time = end + min(self.max_interval, max(self.min_interval, (end - start) / self.budget))
 
 
-SMOOTHING = 0.8  # of the train loss's moving average, here and in %lora diff
-
-
 class LossPlot:
-    """Loss curves of one run; `png()` renders them, `_repr_png_` shows them in any IPython."""
+    """Loss curves of one run's history; `png()` renders them, `_repr_png_` shows them in any IPython."""
 
     def __init__(self, smoothing: float = SMOOTHING, width: float = 6.4, height: float = 2.6, dpi: int = 80):
         self.smoothing = smoothing
-        self.train: list[tuple[int, float]] = []
+        self.history = History()
         self.references = 0  # other runs' curves drawn behind this one's
-        self.eval: list[tuple[int, float]] = []
         self.figure = Figure(figsize=(width, height), dpi=dpi)
         self.figure.subplots_adjust(left=0.13, right=0.98, top=0.95, bottom=0.18)
         FigureCanvasAgg(self.figure)
@@ -74,7 +73,15 @@ class LossPlot:
         (self.eval_line,) = self.axes.plot([], [], "o-", color="tab:orange", label="eval")
         self.axes.legend(loc="upper right", fontsize="small")
 
-    def add_reference(self, label: str, losses: list[tuple[int, float]]) -> None:
+    @property
+    def train(self) -> Curve:
+        return self.history.curve(LOG)
+
+    @property
+    def eval(self) -> Curve:
+        return self.history.curve(EVAL)
+
+    def add_reference(self, label: str, losses: Curve) -> None:
         """Another run's smoothed train loss, drawn faintly behind this run's (a sweep's finished runs)."""
         steps = [s for s, _ in losses]
         colour = f"C{2 + self.references % 8}"  # C0 and C1 are this run's train and eval curves
@@ -83,23 +90,19 @@ class LossPlot:
         self.axes.legend(loc="upper right", fontsize="x-small")
 
     def add(self, event: dict) -> bool:
-        """Take a run event; True if it changed the curves."""
-        if event["type"] == "log" and event.get("loss") is not None:
-            self.train.append((event["step"], event["loss"]))
-            return True
-        if event["type"] == "eval":
-            self.eval.append((event["step"], event["eval_loss"]))
-            return True
-        return False
+        """Take a run event; True if it changed the curves (a point, or a resume that superseded some)."""
+        superseded = self.history.add(event)
+        return superseded or (event["type"] == LOG and event.get("loss") is not None) or event["type"] == EVAL
 
     def smoothed(self) -> list[float]:
         return smooth([loss for _, loss in self.train], self.smoothing)
 
     def png(self) -> bytes:
-        steps = [s for s, _ in self.train]
-        self.train_line.set_data(steps, [loss for _, loss in self.train])
-        self.smooth_line.set_data(steps, self.smoothed())
-        self.eval_line.set_data([s for s, _ in self.eval], [loss for _, loss in self.eval])
+        train, evals = self.train, self.eval
+        steps = [s for s, _ in train]
+        self.train_line.set_data(steps, [loss for _, loss in train])
+        self.smooth_line.set_data(steps, smooth([loss for _, loss in train], self.smoothing))
+        self.eval_line.set_data([s for s, _ in evals], [loss for _, loss in evals])
         self.axes.relim()
         self.axes.autoscale_view()
         buffer = io.BytesIO()
@@ -108,12 +111,3 @@ class LossPlot:
 
     def _repr_png_(self) -> bytes:
         return self.png()
-
-
-def smooth(values: list[float], smoothing: float) -> list[float]:
-    """Exponential moving average, debiased so the first points aren't pulled towards zero."""
-    out, average = [], 0.0
-    for i, value in enumerate(values, 1):
-        average = smoothing * average + (1 - smoothing) * value
-        out.append(average / (1 - smoothing**i))
-    return out

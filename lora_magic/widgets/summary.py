@@ -1,24 +1,13 @@
-"""Texts shared by the dashboard and the plain-text progress: durations, sizes, the final summary."""
+"""Texts shared by the dashboard and the plain-text progress: sizes, progress, the final summary."""
 
 from __future__ import annotations
 
-import html
-from typing import Any
-
-from ..events import ACTIVE
-
-EMPTY_ANSWER = "(empty answer)"
+from ..core.events import ACTIVE, FAILED, INTERRUPTED, STOPPED
+from ..core.format import duration
+from ..training.run import Run
 
 
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = round(seconds)
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
-
-
-def trainable(run: Any) -> str:
+def trainable(run: Run) -> str:
     """'1,234,567 trainable of 135M (0.91%)', or '' before the worker has counted them."""
     if not run.trainable_params:
         return ""
@@ -39,15 +28,7 @@ def progress(event: dict, finished: bool = False) -> str:
     )
 
 
-def answer_html(text: str) -> str:
-    """A generated answer as HTML: as written, at most about 12 lines tall (longer ones scroll), and
-    "(empty answer)" when it is only whitespace, as on the JupyterLab run page."""
-    if not text.strip():
-        return f"<i style='color:#888'>{EMPTY_ANSWER}</i>"
-    return f"<div style='white-space:pre-wrap;max-height:12em;overflow-y:auto'>{html.escape(text)}</div>"
-
-
-def final(run: Any) -> list[str]:
+def final(run: Run) -> list[str]:
     """What happened, where the adapter is and what to do next, as lines of text."""
     name = run.name
     if run.status in ACTIVE:  # the watching ended, not the run: it trains in another process
@@ -55,9 +36,9 @@ def final(run: Any) -> list[str]:
             f"Run {name} is still {run.status} in another process (step {run.step}/{run.total_steps}); "
             f"%lora watch {name} follows it again, %lora stop {name} stops it"
         ]
-    if run.status == "failed":
+    if run.status == FAILED:
         return [f"Run {name} failed at step {run.step}: {run.error}"]
-    if run.status == "interrupted":
+    if run.status == INTERRUPTED:
         return [f"Run {name} was interrupted at step {run.step}: {run.error}"] + (
             [f"Continue training with lora_magic.resume('{name}')"] if run.store.last_checkpoint(name) else []
         )
@@ -80,6 +61,6 @@ def final(run: Any) -> list[str]:
         f"Next: compare it with the base in a %%compare cell or lora_magic.compare('a prompt', "
         f"adapters=['base', '{name}'])"
     )
-    if run.status == "stopped" and run.store.last_checkpoint(name):
+    if run.status == STOPPED and run.store.last_checkpoint(name):
         lines.append(f"Continue training with lora_magic.resume('{name}')")
     return lines

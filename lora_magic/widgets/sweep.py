@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import html
 import threading
-from typing import Any
+from typing import TYPE_CHECKING
 
 import ipywidgets as w
 
+from ..training.run import Run
 from .dashboard import Dashboard
 from .static import Shown
 from .text_progress import TextProgress
 from .watch import follow, pump, remember_until_done
 
+if TYPE_CHECKING:
+    from ..experiments.sweep import Sweep
+
 
 class SweepView:
-    def __init__(self, sweep: Any):
+    def __init__(self, sweep: Sweep):
         self.sweep = sweep
         self.header = w.HTML()
         self.current = w.VBox()
@@ -27,7 +31,7 @@ class SweepView:
         self.show_header()
         self.show_table()
 
-    def show_header(self, run: Any = None) -> None:
+    def show_header(self, run: Run | None = None) -> None:
         sweep = self.sweep
         parts = [f"<b>sweep {html.escape(sweep.name)}</b>", f"{len(sweep.points)} runs"]
         if sweep.skipped:
@@ -40,7 +44,7 @@ class SweepView:
             parts.append(html.escape(sweep.status))
         self.header.value = " · ".join(parts)
 
-    def show_run(self, run: Any) -> Dashboard:
+    def show_run(self, run: Run) -> Dashboard:
         """A dashboard for `run`, with the curves of the sweep's runs that have finished."""
         self.dashboard = Dashboard(run)
         for name, losses in self.sweep.finished_losses():
@@ -57,7 +61,7 @@ class SweepView:
         self.table.value = self.sweep._repr_html_()
 
 
-def watch_sweep(sweep: Any, background: bool = False, widgets: bool = True) -> None:
+def watch_sweep(sweep: Sweep, background: bool = False, widgets: bool = True) -> None:
     """Show `sweep`'s progress; foreground blocks until it ends (interrupt = stop the sweep)."""
     if not widgets:
         if background:
@@ -90,7 +94,7 @@ def watch_sweep(sweep: Any, background: bool = False, widgets: bool = True) -> N
         shown.freeze()
 
 
-def _next_run(sweep: Any, run: Any) -> Any:
+def _next_run(sweep: Sweep, run: Run | None) -> Run | None:
     """The sweep's next run; an interrupt while waiting for it stops the sweep."""
     try:
         return sweep.next_run(run)
@@ -99,7 +103,7 @@ def _next_run(sweep: Any, run: Any) -> Any:
         return sweep.next_run(run)
 
 
-def _follow_runs(sweep: Any, view: SweepView) -> None:
+def _follow_runs(sweep: Sweep, view: SweepView) -> None:
     run = None
     while (run := sweep.next_run(run)) is not None:
         follow(run, view.show_run(run))

@@ -6,14 +6,16 @@ from __future__ import annotations
 import base64
 import sys
 import textwrap
-from typing import Any, TextIO
+from typing import TextIO
 
+from ..core.events import EVAL, LOG, PAUSED, PROBE, ROLLBACK, STATUS, WARNING
+from ..training.run import Run
 from . import summary
 from .loss_plot import LossPlot
 
 
 class TextProgress:
-    def __init__(self, run: Any, out: TextIO | None = None, lines: int = 10):
+    def __init__(self, run: Run, out: TextIO | None = None, lines: int = 10):
         self.run, self.out, self.lines = run, out, lines
         self.plot = LossPlot()
         self.introduced = False
@@ -24,32 +26,32 @@ class TextProgress:
     def handle(self, event: dict) -> None:
         self.plot.add(event)
         kind = event["type"]
-        if kind == "log" and not self.introduced:
+        if kind == LOG and not self.introduced:
             self.introduced = True
             quantization = (
                 "" if self.run.config.quantization == "none" else f" ({self.run.config.quantization})"
             )
             self.say(f"{self.run.config.model}{quantization}, {summary.trainable(self.run)}")
-        if kind == "log":
+        if kind == LOG:
             every = max(1, event["total_steps"] // self.lines)
             step = event["step"]
             if step == 1 or step % every == 0 or step == event["total_steps"]:
                 self.say(summary.progress(event))
-        elif kind == "eval":
+        elif kind == EVAL:
             self.say(f"step {event['step']}: eval loss {event['eval_loss']:.4f}")
-        elif kind == "probe":
+        elif kind == PROBE:
             self.say(
                 f"probe at step {event['step']}: {event['prompt']!r}\n"
                 f"    base:    {textwrap.shorten(event['base'], 100)}\n"
                 f"    adapter: {textwrap.shorten(event['adapter'], 100)}"
             )
-        elif kind == "warning":
+        elif kind == WARNING:
             self.say(f"warning at step {event['step']}: {event['message']}")
-        elif kind == "rollback":
+        elif kind == ROLLBACK:
             self.say(
                 f"rolled back to the weights of step {event['step']} (eval loss {event['eval_loss']:.4f})"
             )
-        elif kind == "status" and event["status"] == "paused":
+        elif kind == STATUS and event["status"] == PAUSED:
             self.say(f"paused at step {event['step']}")
 
     def stop(self) -> None:

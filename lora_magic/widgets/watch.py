@@ -16,7 +16,8 @@ import queue
 import threading
 from typing import Any
 
-from ..events import FINISHED, STATUS
+from ..core.events import FINISHED, STATUS
+from ..training.run import Run
 from .dashboard import Dashboard
 from .frontend import use_widgets
 from .static import Shown
@@ -25,7 +26,7 @@ from .text_progress import TextProgress
 _unfrozen: list[tuple[Any, Shown]] = []  # background views, frozen once their run or sweep has ended
 
 
-def watch(run: Any, background: bool = False, widgets: bool | None = None) -> Dashboard | None:
+def watch(run: Run, background: bool = False, widgets: bool | None = None) -> Dashboard | None:
     """Show `run`'s progress; foreground blocks until it ends. Returns the dashboard, if any."""
     if widgets is None:
         widgets = use_widgets()
@@ -63,7 +64,7 @@ def freeze_finished() -> None:
         entry[1].freeze()
 
 
-def pump(run: Any, view: Dashboard | TextProgress, poll: float = 0.25) -> None:
+def pump(run: Run, view: Dashboard | TextProgress, poll: float = 0.25) -> None:
     """Feed `view` in this thread until the run ends; KeyboardInterrupt means stop."""
     events: queue.Queue = queue.Queue()
     unsubscribe = run.subscribe(events.put)
@@ -92,7 +93,7 @@ def pump(run: Any, view: Dashboard | TextProgress, poll: float = 0.25) -> None:
         view.finish()
 
 
-def follow(run: Any, view: Dashboard) -> None:
+def follow(run: Run, view: Dashboard) -> None:
     """Feed `view` from the run's worker thread, after replaying what already happened."""
     lock = threading.Lock()
     replayed: set[int] = set()

@@ -14,7 +14,7 @@ import pytest
 from jupyterlab_session import ARTIFACTS, chromium, jupyterlab
 from nbformat.v4 import new_code_cell, new_notebook
 
-from lora_magic.runs import RunStore
+from lora_magic.core.store import RunStore
 
 pytestmark = pytest.mark.browser
 PROBE = "Describe the <red> lamp."

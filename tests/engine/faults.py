@@ -1,4 +1,4 @@
-"""A full disk, injected where the run store meets the file system: `open` in lora_magic.runs."""
+"""A full disk, injected where the run store meets the file system: `open` in lora_magic.core.store."""
 
 from __future__ import annotations
 

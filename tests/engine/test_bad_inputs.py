@@ -6,7 +6,7 @@ import time
 import pytest
 
 import lora_magic as lm
-from lora_magic.data import load_records
+from lora_magic.data.sources import load_records
 
 BINARY = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe\xfd" * 64
 

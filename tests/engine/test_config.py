@@ -1,7 +1,7 @@
 import pytest
 
-from lora_magic.config import RunConfig, coerce, fields_by_section
-from lora_magic.errors import ConfigError
+from lora_magic.core.config import RunConfig, coerce, fields_by_section
+from lora_magic.core.errors import ConfigError
 
 
 def test_every_setting_has_help_and_a_section():
@@ -68,9 +68,10 @@ def test_to_dict_describes_in_memory_data_and_round_trips():
 
 
 def test_a_batch_that_the_launched_processes_cannot_share_is_refused(monkeypatch):
-    from lora_magic import recipe
+    from lora_magic.core import recipe
+    from lora_magic.core.hardware import Machine
 
-    on = recipe.Target("CPU", 8.0, gpu=False)
+    on = Machine("CPU", 8.0, gpu=False)
     arguments = dict(output_dir="out", train_examples=40, eval_examples=0)
     monkeypatch.setenv("WORLD_SIZE", "2")  # as accelerate launch / torchrun set it
     assert (
@@ -79,3 +80,37 @@ def test_a_batch_that_the_launched_processes_cannot_share_is_refused(monkeypatch
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(ConfigError, match=r"batch_size=4 cannot be split between 3 processes"):
         recipe.trainer_arguments(RunConfig(batch_size=4), on, **arguments)
+
+
+def test_sampling_settings_are_checked_once_with_what_is_valid():
+    from lora_magic.core.config import Sampling
+
+    assert Sampling().generate_arguments() == {"max_new_tokens": 96, "top_k": None, "do_sample": False}
+    sampled = Sampling(max_new_tokens=8, temperature=0.7, top_p=0.9).generate_arguments()
+    assert sampled["do_sample"] and sampled["temperature"] == 0.7 and sampled["top_p"] == 0.9
+    for bad, message in [
+        (
+            {"max_new_tokens": 10**9},
+            r"max_new_tokens=1000000000 is not valid; it must be a whole number from 1 to 4096",
+        ),
+        ({"max_new_tokens": 0}, r"max_new_tokens=0 is not valid"),
+        ({"temperature": -1}, r"temperature=-1 is not valid; it must be a number from 0 \(greedy\) to 10"),
+        ({"top_p": 0}, r"top_p=0 is not valid; it must be more than 0 and at most 1"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            Sampling(**bad)
+    with pytest.raises(ConfigError, match=r"probe_tokens=5000 is not valid; it must be at most 4096"):
+        RunConfig(probe_tokens=5000)
+
+
+def test_the_settings_that_identify_a_base_and_those_that_changed():
+    from lora_magic.core.config import BASE_SETTINGS, Base, changed_settings
+
+    config = RunConfig(model="some/model", quantization="4bit")
+    assert Base.of(config) == Base("some/model", "4bit", "auto", "auto", False)
+    assert BASE_SETTINGS == ("model", "quantization", "dtype", "device", "trust_remote_code")
+    stored = config.to_dict()
+    assert changed_settings(stored, config.replace(data=[{"a": "b"}])) == []  # the run's data is its own
+    assert changed_settings(stored, config.replace(r=16)) == ["r: 8 then, 16 now"]
+    del stored["method"]  # a run of an older version: the setting it predates has its default
+    assert changed_settings(stored, config) == []

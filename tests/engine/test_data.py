@@ -4,9 +4,12 @@ import pandas as pd
 import pytest
 from transformers import AutoTokenizer
 
-from lora_magic.config import RunConfig
-from lora_magic.data import ALPACA_PREAMBLE, encode, load_records, prepare, preview, render, split_records
-from lora_magic.errors import DataError
+from lora_magic.core.config import RunConfig
+from lora_magic.core.errors import DataError
+from lora_magic.data.prepare import prepare, preview
+from lora_magic.data.sources import load_records, split_records
+from lora_magic.data.templates import ALPACA_PREAMBLE, render
+from lora_magic.data.tokens import encode
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,12 @@ import pytest
 from transformers import AutoTokenizer
 
 import lora_magic as lm
-from lora_magic.config import RunConfig
-from lora_magic.data import bundled_dataset, prepare
-from lora_magic.datacheck import inspect_data
-from lora_magic.errors import DataError
-from lora_magic.runs import RunStore
+from lora_magic.core.config import RunConfig
+from lora_magic.core.errors import DataError
+from lora_magic.core.store import RunStore
+from lora_magic.data.prepare import prepare
+from lora_magic.data.report import inspect_data
+from lora_magic.data.sources import bundled_dataset
 from lora_magic.widgets import Dashboard
 
 MAX_LENGTH = 160  # the bundled rows have 80 to 99 tokens

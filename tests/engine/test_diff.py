@@ -11,11 +11,11 @@ import shutil
 import pytest
 
 import lora_magic as lm
-from lora_magic.diffing import RunDiff
-from lora_magic.errors import RunError
-from lora_magic.events import current
-from lora_magic.runs import RunStore
-from lora_magic.widgets.summary import answer_html
+from lora_magic.core.errors import RunError
+from lora_magic.core.events import History
+from lora_magic.core.format import answer_html
+from lora_magic.core.store import RunStore
+from lora_magic.experiments.diff import RunDiff
 
 PROMPT = "Describe product 99."
 
@@ -43,7 +43,7 @@ def test_a_diff_shows_the_settings_that_differ_the_metrics_the_curves_and_the_pr
     assert diff.settings.index.tolist() == ["r"] and diff.settings.loc["r"].tolist() == [4, 8]
 
     for name in diff.runs:
-        record, events = store.read(name), current(store.events(name)[0])
+        record, events = store.read(name), History(store.events(name)[0]).events
         column = diff.metrics[name]
         assert column["status"] == "completed" and column["steps"] == "4/4"
         assert column["trainable_params"] == record["trainable_params"]

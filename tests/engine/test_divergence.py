@@ -5,8 +5,8 @@ import torch
 from safetensors.torch import load_file
 
 import lora_magic as lm
-from lora_magic.data import alpaca_prompt
-from lora_magic.runs import RunStore
+from lora_magic.core.store import RunStore
+from lora_magic.data.templates import alpaca_prompt
 from lora_magic.widgets.dashboard import Dashboard
 
 DIVERGING = {

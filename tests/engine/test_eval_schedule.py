@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 import lora_magic as lm
-from lora_magic import recipe
-from lora_magic.config import RunConfig
-from lora_magic.results import measurements
-from lora_magic.runs import RunStore
+from lora_magic.core import recipe
+from lora_magic.core.config import RunConfig
+from lora_magic.core.results import measurements
+from lora_magic.core.store import RunStore
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,9 @@ import json
 import pytest
 
 import lora_magic as lm
-from lora_magic.config import RunConfig
-from lora_magic.errors import DataError, RunError
-from lora_magic.evaluation import Example, _metrics, token_f1
+from lora_magic.core.config import RunConfig
+from lora_magic.core.errors import DataError, RunError
+from lora_magic.model.scoring import Example, _metrics, token_f1
 
 REFERENCE = "Product 5 is a teal kettle for every day."
 

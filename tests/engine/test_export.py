@@ -26,11 +26,12 @@ from transformers import (
 )
 
 import lora_magic as lm
-from lora_magic import exporting
-from lora_magic.config import RunConfig
-from lora_magic.data import bundled_dataset, load_records, prompt_for, render
-from lora_magic.errors import ConfigError, ModelError, RunError
-from lora_magic.generation import merged_model
+from lora_magic.core.config import RunConfig
+from lora_magic.core.errors import ConfigError, ModelError, RunError
+from lora_magic.data.sources import bundled_dataset, load_records
+from lora_magic.data.templates import prompt_for, render
+from lora_magic.experiments import export as exporting
+from lora_magic.model.merging import merged_model
 
 SAMPLE = "Hello world 12345, it's <|im_start|>user\n  spaced\tout, naïve café ☃ ### End\n\n"
 QWEN2_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"

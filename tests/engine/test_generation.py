@@ -1,4 +1,4 @@
-"""An adapter answers merged into copies of the weights it adapts (generation.folded): the same
+"""An adapter answers merged into copies of the weights it adapts (model/session.py's folded): the same
 answers as unmerged, at the base's speed, and the base's own weights untouched."""
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import lora_magic as lm  # noqa: E402
-from lora_magic import generation  # noqa: E402
-from lora_magic.generation import session  # noqa: E402
+from lora_magic.core.config import Sampling  # noqa: E402
+from lora_magic.model.generation import generate_text  # noqa: E402
+from lora_magic.model.session import folded, session  # noqa: E402
 
 PROMPT = "Describe the blue lamp."
 
@@ -66,7 +67,7 @@ def test_a_merged_answer_is_the_unmerged_answer_and_the_base_stays_untouched(tin
     model.set_adapter("tuned")
     unmerged = logits(model, tokenizer)
     calls = adapter_calls(model)
-    with generation.folded(model, "tuned"):
+    with folded(model, "tuned"):
         merged = logits(model, tokenizer)
     assert calls[0] == 0  # no layer took the adapter's own path
     assert not torch.allclose(unmerged, base_logits, atol=1e-2)  # the adapter matters
@@ -76,9 +77,9 @@ def test_a_merged_answer_is_the_unmerged_answer_and_the_base_stays_untouched(tin
         assert after[name] is weight and torch.equal(weight, saved[name]), name
     comparison = lm.compare(PROMPT, adapters=["base", "tuned"], raw=True, max_new_tokens=12)
     with model.disable_adapter():
-        assert comparison["base"] == generation.generate_text(model, tokenizer, PROMPT, 12)[0]
+        assert comparison["base"] == generate_text(model, tokenizer, PROMPT, Sampling(max_new_tokens=12))[0]
     model.set_adapter("tuned")
-    assert comparison["tuned"] == generation.generate_text(model, tokenizer, PROMPT, 12)[0]
+    assert comparison["tuned"] == generate_text(model, tokenizer, PROMPT, Sampling(max_new_tokens=12))[0]
     assert calls[0] > 0  # generate_text alone answers unmerged: the check above compared both paths
 
 
@@ -88,14 +89,14 @@ def test_a_quantised_base_or_too_little_memory_answers_unmerged(tiny_model_dir, 
     model.eval()
     model.set_adapter("tuned")
     calls = adapter_calls(model)
-    with generation.folded(model, "tuned"):
+    with folded(model, "tuned"):
         logits(model, shared.tokenizer)
     assert calls[0] > 0
     lm.free()
     shared = load(tiny_model_dir, adapter_dir)
     shared.model.eval()
     calls = adapter_calls(shared.model)
-    monkeypatch.setattr(generation, "_available_memory", lambda device: 1024)
-    with generation.folded(shared.model, "tuned"):
+    monkeypatch.setattr("lora_magic.model.session._available_memory", lambda device: 1024)
+    with folded(shared.model, "tuned"):
         logits(shared.model, shared.tokenizer)
     assert calls[0] > 0

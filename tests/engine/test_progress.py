@@ -6,7 +6,7 @@ import threading
 
 from transformers.utils import logging
 
-from lora_magic import progress
+from lora_magic.core import progress
 
 
 def test_bars_become_lines_on_the_thread_that_asked_and_stay_bars_elsewhere(capsys):

@@ -17,7 +17,7 @@ losses to within 0.002), also on a 2-core AMD EPYC with AVX512-BF16: seed 1 at l
 import pytest
 
 import lora_magic as lm
-from lora_magic.data import bundled_dataset, load_records
+from lora_magic.data.sources import bundled_dataset, load_records
 
 pytestmark = pytest.mark.real_model
 
@@ -79,7 +79,7 @@ def test_lora_learns_the_format_the_base_does_not_follow(tuned):
 
 def test_qlora_4bit_learns_the_format_as_fast_as_float32(tuned):
     """On a 2-core AMD EPYC with AVX512-BF16 the eval loss went 3.65 -> 0.54 in 4-bit against
-    3.46 -> 0.55 in float32; before 4-bit layers were kept trainable (models.py) it diverged to 5.0."""
+    3.46 -> 0.55 in float32; before 4-bit layers were kept trainable (model/loading.py) it diverged to 5.0."""
     full_precision = tuned("none").eval_losses[-1][1]
     run = tuned("4bit")
     assert_eval_loss_fell(run)
@@ -116,14 +116,17 @@ def test_evaluation_scores_the_tuned_model_above_the_base_on_held_out_products(t
 def test_merged_export_gives_the_same_greedy_answer(tuned, tmp_path):
     run = tuned("none")
     answer = lm.compare(HELD_OUT[0], adapters=[run.name], max_new_tokens=40)[run.name]
-    merged = lm.session().merge(run.name, tmp_path / "merged")
+    merged = lm.merge(run.name, tmp_path / "merged")
     assert (merged.path / "model.safetensors").is_file() and (merged.path / "tokenizer.json").is_file()
     lm.free()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lora_magic.data import alpaca_prompt
-    from lora_magic.generation import generate_text
+    from lora_magic.core.config import Sampling
+    from lora_magic.data.templates import alpaca_prompt
+    from lora_magic.model.generation import generate_text
 
     model = AutoModelForCausalLM.from_pretrained(merged.path)
     tokenizer = AutoTokenizer.from_pretrained(merged.path)
-    assert generate_text(model, tokenizer, alpaca_prompt(HELD_OUT[0]), 40)[0] == answer
+    assert (
+        generate_text(model, tokenizer, alpaca_prompt(HELD_OUT[0]), Sampling(max_new_tokens=40))[0] == answer
+    )

@@ -5,8 +5,8 @@ import shutil
 import pytest
 
 import lora_magic as lm
-from lora_magic.errors import ConfigError
-from lora_magic.runs import RunStore
+from lora_magic.core.errors import ConfigError
+from lora_magic.core.store import RunStore
 
 
 def test_a_dotted_run_name_is_refused_before_anything_loads(runs_dir):

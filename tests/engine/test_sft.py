@@ -18,8 +18,10 @@ TOLERANCE = 1e-5  # float32 sums in another order; differences seen are ~1e-7
 
 @pytest.fixture(scope="module")
 def prepared(tiny_model_dir):
-    from lora_magic.config import RunConfig
-    from lora_magic.data import bundled_dataset, load_records, load_tokenizer, prepare
+    from lora_magic.core.config import RunConfig
+    from lora_magic.data.prepare import prepare
+    from lora_magic.data.sources import bundled_dataset, load_records
+    from lora_magic.data.tokens import load_tokenizer
 
     config = RunConfig(
         model=tiny_model_dir,
@@ -40,23 +42,25 @@ def build(trainer_class, prepared, tmp_path, **settings):
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, set_seed
 
-    from lora_magic import models, recipe
+    from lora_magic.core import recipe
+    from lora_magic.core.hardware import Machine
+    from lora_magic.model.targets import lora_config
 
     config, tokenizer, data = prepared
     config = config.replace(**settings)
     model = AutoModelForCausalLM.from_pretrained(config.model, dtype=torch.float32)
     set_seed(config.seed)
-    model = get_peft_model(model, models.lora_config(config, ["q_proj", "v_proj"]))
+    model = get_peft_model(model, lora_config(config, ["q_proj", "v_proj"]))
     arguments = recipe.trainer_arguments(
         config,
-        recipe.Target("CPU", 8.0, gpu=False),
+        Machine("CPU", 8.0, gpu=False),
         output_dir=str(tmp_path / trainer_class.__name__),
         train_examples=len(data.train),
         eval_examples=len(data.eval),
     )
     from trl import SFTConfig, SFTTrainer
 
-    from lora_magic.sft import use_cpu_dropout
+    from lora_magic.training.sft import use_cpu_dropout
 
     if trainer_class is SFTTrainer:
         use_cpu_dropout(model)  # as the engine's trainer does on the CPU
@@ -89,7 +93,7 @@ def test_the_cpu_loss_learns_exactly_what_trls_loss_learns(prepared, tmp_path):
     """With gradient accumulation (2 batches of 4 per step), an eval at the start and at the end."""
     from trl import SFTTrainer
 
-    from lora_magic.sft import LabelledLogitsSFTTrainer
+    from lora_magic.training.sft import LabelledLogitsSFTTrainer
 
     ours = train(LabelledLogitsSFTTrainer, prepared, tmp_path)
     theirs = train(SFTTrainer, prepared, tmp_path)
@@ -105,7 +109,7 @@ def test_the_cpu_loss_projects_only_the_positions_that_carry_loss(prepared, tmp_
     """Each batch projects the positions at which any of its examples has a label: on the bundled
     products under 60 % of its positions, against all of them for TRL's head on a CPU. The padded
     batches reach the model without their attention mask (the test above: same losses)."""
-    from lora_magic.sft import LabelledLogitsSFTTrainer
+    from lora_magic.training.sft import LabelledLogitsSFTTrainer
 
     batches, projected, masks = [], [], []
 
@@ -134,7 +138,7 @@ def test_the_cpu_loss_projects_only_the_positions_that_carry_loss(prepared, tmp_
 def test_a_batch_with_too_many_logits_goes_through_trls_tiled_head(prepared, tmp_path, monkeypatch):
     from trl import SFTTrainer
 
-    from lora_magic import sft
+    from lora_magic.training import sft
 
     monkeypatch.setattr(sft, "LOGITS_LIMIT", 1000)
     projected = []
@@ -146,7 +150,7 @@ def test_a_batch_with_too_many_logits_goes_through_trls_tiled_head(prepared, tmp
 
 
 def test_cpu_dropout_keeps_each_element_with_probability_1_minus_p_and_scales_it():
-    from lora_magic.sft import CPUDropout
+    from lora_magic.training.sft import CPUDropout
 
     dropout = CPUDropout(0.05).train()
     x = torch.ones(1_000, 1_000, requires_grad=True)
@@ -165,7 +169,7 @@ def test_cpu_dropout_keeps_each_element_with_probability_1_minus_p_and_scales_it
 
 
 def test_on_the_cpu_the_lora_layers_train_with_cpu_dropout(prepared, tmp_path):
-    from lora_magic.sft import CPUDropout, LabelledLogitsSFTTrainer
+    from lora_magic.training.sft import CPUDropout, LabelledLogitsSFTTrainer
 
     _, model = build(LabelledLogitsSFTTrainer, prepared, tmp_path, dropout=0.05)
     dropouts = [d for m in model.modules() if hasattr(m, "lora_A") for d in m.lora_dropout.values()]

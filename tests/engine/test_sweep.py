@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 import lora_magic as lm
-from lora_magic.errors import ConfigError
-from lora_magic.runs import RunStore
+from lora_magic.core.errors import ConfigError
+from lora_magic.core.store import RunStore
 
 
 def test_a_2x2_sweep_trains_every_combination_on_one_base_and_tabulates_them(

@@ -13,10 +13,10 @@ from mlflow import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import lora_magic as lm
-from lora_magic import tracking
-from lora_magic.config import RunConfig
-from lora_magic.errors import ConfigError
-from lora_magic.runs import RunStore
+from lora_magic.core.config import RunConfig
+from lora_magic.core.errors import ConfigError
+from lora_magic.core.store import RunStore
+from lora_magic.training import tracking
 
 SCORES = {"eval_loss": 2.5, "perplexity": 12.2, "token_f1": 0.4, "rouge_l": 0.35, "exact_match": 0.0}
 
@@ -159,7 +159,7 @@ def test_a_tracker_failing_mid_run_leaves_the_training_going(tiny_model_dir, rec
             MlflowClient(logged["uri"]).delete_run(logged["run_id"])
 
     run.subscribe(delete_the_mlflow_run)
-    with caplog.at_level(logging.WARNING, logger="lora_magic.tracking"):
+    with caplog.at_level(logging.WARNING, logger="lora_magic.training.tracking"):
         run.wait()
     assert run.status == "completed" and run.step == 4 and run.adapter_path
     error = RunStore(runs_dir).read("orphan")["tracking"]["error"]

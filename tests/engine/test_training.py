@@ -1,6 +1,8 @@
 """The training manager on the tiny model: events, run store, controls, resume, failures."""
 
+import dataclasses
 import gc
+import itertools
 import json
 import shutil
 import subprocess
@@ -11,8 +13,8 @@ import pytest
 import torch
 
 import lora_magic as lm
-from lora_magic.errors import RunError
-from lora_magic.runs import RunStore
+from lora_magic.core.errors import RunError
+from lora_magic.core.store import RunStore
 
 
 def wait_for(predicate, timeout=120.0):
@@ -20,6 +22,25 @@ def wait_for(predicate, timeout=120.0):
     while not predicate():
         assert time.time() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def test_run_json_records_the_machine_and_the_choices_the_trainer_trained_with(
+    tiny_model_dir, records, runs_dir, monkeypatch
+):
+    """The memory available changes from one reading to the next, as on a busy machine: the run
+    reads its machine once, and its record, its memory estimate and its trainer agree on it."""
+    import psutil
+
+    reading, gib = psutil.virtual_memory, itertools.count(4)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: reading()._replace(available=next(gib) * 2**30))
+    run = lm.train(model=tiny_model_dir, data=records, steps=1, eval_fraction=0, name="measured").wait()
+    record = RunStore(runs_dir).read("measured")
+
+    assert record["machine"] == dataclasses.asdict(run.trainer.machine)
+    assert record["machine"]["name"] == "CPU" and record["device"] == "cpu"
+    assert record["plan"]["machine_gib"] == round(record["machine"]["memory_gib"], 2)
+    assert record["hardware"] == {"dtype": "float32", "precision": "fp32", "checkpointing": False}
+    assert lm.session().base_model.dtype == torch.float32
 
 
 def test_a_run_publishes_events_and_fills_the_run_store(tiny_model_dir, records, runs_dir):
@@ -159,7 +180,9 @@ def test_resume_refuses_a_changed_config_or_base_before_loading(tiny_model_dir, 
     run.stop()
     run.wait()
     lm.free()
-    with pytest.raises(RunError, match=r"cannot resume 'picky' with a different config: r changed"):
+    with pytest.raises(
+        RunError, match=r"cannot resume 'picky' with a different config \(r: 8 then, 16 now\)"
+    ):
         lm.resume("picky", lm.RunConfig(model=str(base), data=records, steps=400, r=16))
     config = json.loads((base / "config.json").read_text())
     (base / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 1e-3}))
@@ -212,8 +235,8 @@ def test_the_trainers_opening_collection_skips_what_existed_and_nothing_stays_fr
 
 
 def test_on_the_cpu_a_run_trains_its_adapter_with_cpu_dropout(tiny_model_dir, records, runs_dir):
-    from lora_magic.generation import session
-    from lora_magic.sft import CPUDropout
+    from lora_magic.model.session import session
+    from lora_magic.training.sft import CPUDropout
 
     run = lm.train(model=tiny_model_dir, data=records, steps=1, dropout=0.1, name="dropped").wait()
     assert run.status == "completed", run.error

@@ -13,9 +13,9 @@ from faults import FullDisk
 from safetensors.torch import load_file
 
 import lora_magic as lm
-from lora_magic import runs
-from lora_magic.events import current
-from lora_magic.runs import RunStore
+from lora_magic.core import store as run_store
+from lora_magic.core.events import History
+from lora_magic.core.store import RunStore
 
 
 def wait_for(predicate, timeout=180.0):
@@ -55,7 +55,7 @@ def test_bad_settings_are_config_errors_before_anything_is_written(
 
 def test_a_full_disk_at_start_says_so_and_leaves_no_run(tiny_model_dir, records, runs_dir, monkeypatch):
     disk = FullDisk(room=500, where=lambda path: path.parent.name == "data")
-    monkeypatch.setattr(runs, "open", disk.open, raising=False)
+    monkeypatch.setattr(run_store, "open", disk.open, raising=False)
 
     with pytest.raises(lm.RunError) as refused:
         lm.train(model=tiny_model_dir, data=records, steps=2, name="no-room")
@@ -64,7 +64,7 @@ def test_a_full_disk_at_start_says_so_and_leaves_no_run(tiny_model_dir, records,
         f"no space left in {runs_dir}: free some disk space or move the run store ($LORA_MAGIC_RUNS)"
     )
     assert list(runs_dir.iterdir()) == []
-    monkeypatch.delattr(runs, "open")  # space was freed: the same run starts and trains
+    monkeypatch.delattr(run_store, "open")  # space was freed: the same run starts and trains
     assert lm.train(model=tiny_model_dir, data=records, steps=2, name="no-room").wait().status == "completed"
 
 
@@ -73,7 +73,7 @@ def test_when_the_disk_fills_during_training_the_run_still_ends(
 ):
     run = lm.train(model=tiny_model_dir, data=records, steps=400, save_every=2, name="filled")
     wait_for(lambda: RunStore(runs_dir).last_checkpoint("filled") is not None and run.step >= 3)
-    monkeypatch.setattr(runs, "open", FullDisk(room=0).open, raising=False)  # nothing more fits
+    monkeypatch.setattr(run_store, "open", FullDisk(room=0).open, raising=False)  # nothing more fits
 
     run.wait(timeout=120)
 
@@ -81,7 +81,7 @@ def test_when_the_disk_fills_during_training_the_run_still_ends(
     assert run.error.startswith(f"no space left in {runs_dir}: ")
     assert "the run store could not record that it failed: no space left in" in run.error
     assert run.events[-1]["type"] == "status" and run.events[-1]["status"] == "failed"
-    monkeypatch.delattr(runs, "open")
+    monkeypatch.delattr(run_store, "open")
     store = RunStore(runs_dir)
     assert store.read("filled")["status"] == "running"  # the last status that could be written
     record = json.loads((runs_dir / "filled" / "run.json").read_text())
@@ -135,9 +135,9 @@ def test_a_crash_while_checkpointing_resumes_from_the_previous_checkpoint_with_o
     assert resumed.status == "completed" and resumed.step == 12
     raw = [e["step"] for e in store.events("crashed")[0] if e["type"] == "log"]
     assert raw == [*range(1, 9), *range(5, 13)]  # steps 5-8 were trained twice
-    one_history = [e["step"] for e in current(store.events("crashed")[0]) if e["type"] == "log"]
+    one_history = [e["step"] for e in History(store.events("crashed")[0]).events if e["type"] == "log"]
     assert one_history == [e[0] for e in resumed.losses] == list(range(1, 13))
-    assert [e["step"] for e in current(store.events("crashed")[0]) if e["type"] == "eval"] == [
+    assert [e["step"] for e in History(store.events("crashed")[0]).events if e["type"] == "eval"] == [
         0,
         2,
         4,

@@ -10,10 +10,10 @@ import sys
 import pytest
 
 import lora_magic as lm
-from lora_magic.config import RunConfig
-from lora_magic.data import load_tokenizer, render
-from lora_magic.magics.code import _template, plain_code
-from lora_magic.runs import RunStore
+from lora_magic.core.config import RunConfig
+from lora_magic.data.templates import render
+from lora_magic.data.tokens import load_tokenizer
+from lora_magic.training.script import _template, script
 
 
 @pytest.mark.parametrize(
@@ -67,13 +67,13 @@ def test_the_shown_code_trains_as_the_run_did(quantization, tiny_model_dir, reco
         runs_dir=runs_dir,
     ).wait()
     assert run.status == "completed", run.error
-    code = plain_code(RunStore(runs_dir), run.name)
+    code = script(run.name, runs_dir)
     assert ("BitsAndBytesConfig(" in code) == (quantization == "4bit")
-    script = tmp_path / "plain.py"
+    plain_file = tmp_path / "plain.py"
     report = "print('HISTORY', json.dumps(trainer.state.log_history))"
-    script.write_text(code + report + "\n")
+    plain_file.write_text(code + report + "\n")
     done = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600
+        [sys.executable, str(plain_file)], cwd=tmp_path, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr[-3000:]
     history = json.loads(done.stdout.split("HISTORY", 1)[1])

@@ -4,7 +4,7 @@ last %%finetune, what the cleaning flags would drop, and one-line mistakes."""
 import pytest
 from IPython.core.error import UsageError
 
-from lora_magic.datacheck import DataReport
+from lora_magic.data.report import DataReport
 
 
 @pytest.fixture

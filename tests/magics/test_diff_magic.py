@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from IPython.core.error import UsageError
 
-from lora_magic.diffing import RunDiff
+from lora_magic.experiments.diff import RunDiff
 
 CELL = """
 data: df

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from IPython.core.error import UsageError
 
-from lora_magic.evaluation import Evaluation
-from lora_magic.sweeps import Sweep
+from lora_magic.experiments.sweep import Sweep
+from lora_magic.model.scoring import Evaluation
 
 SWEEP_CELL = """
 data: df

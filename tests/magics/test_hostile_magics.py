@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from IPython.core.error import UsageError
 
-from lora_magic.runs import RunStore
+from lora_magic.core.store import RunStore
 
 
 @pytest.mark.parametrize(
@@ -97,10 +97,10 @@ def test_chat_is_a_conversation_across_calls(ip, lm, capsys):
 
 
 def test_ui_starts_from_the_last_run_under_a_new_name(ip, lm, monkeypatch):
-    from lora_magic.config import RunConfig
+    from lora_magic.core.config import RunConfig
 
     shown = []
-    monkeypatch.setattr("lora_magic.magics.commands.display", shown.append)
+    monkeypatch.setattr("lora_magic.magics.runs.display", shown.append)
     lm.last_config = RunConfig(name="taken", data=ip.user_ns["df"], r=16)
     ip.run_line_magic("config", "LoraMagics.widgets = 'on'")
     try:

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from IPython.core.error import UsageError
 
-from lora_magic.data import DataPreview
-from lora_magic.generation import Comparison, session
+from lora_magic.data.prepare import DataPreview
+from lora_magic.model.generation import Comparison
+from lora_magic.model.session import session
 
 
 @pytest.fixture
@@ -151,7 +152,7 @@ def _until(condition, timeout: float = 60) -> None:
 
 def test_with_widgets_compare_and_ui_show_panels(ip, lm, monkeypatch):
     shown, outputs = [], []
-    monkeypatch.setattr("lora_magic.magics.commands.display", shown.append)
+    monkeypatch.setattr("lora_magic.magics.runs.display", shown.append)
     monkeypatch.setattr("lora_magic.widgets.static.display", lambda data, **kw: outputs.append(data))
     monkeypatch.setattr("lora_magic.widgets.static.update_display", lambda data, **kw: outputs.append(data))
     ip.run_line_magic("config", "LoraMagics.widgets = 'on'")

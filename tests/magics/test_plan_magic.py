@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from IPython.core.error import UsageError
 
-from lora_magic.planning import GIB, Plan
-from lora_magic.runs import RunStore
+from lora_magic.core.hardware import GIB
+from lora_magic.core.store import RunStore
+from lora_magic.experiments.plan import Plan
 from lora_magic.widgets import Dashboard
 
 
@@ -43,7 +44,7 @@ def test_finetune_plan_plans_the_cell_instead_of_training(ip, openllama_3b_dir, 
         """,
     )
     assert plan.trainable_params == 12_994_560 and plan.verdict == "fits"
-    assert plan.target.name == "A100-40"
+    assert plan.machine.name == "A100-40"
     assert not RunStore(runs_dir).names()  # nothing trained
 
 
@@ -58,7 +59,7 @@ def test_a_run_keeps_its_estimate_and_plan_reads_the_last_settings(ip, runs_dir)
     assert estimate["memory_gib"]["total"] == pytest.approx(
         sum(v for k, v in estimate["memory_gib"].items() if k != "total"), abs=0.01
     )
-    assert estimate["target"] == "CPU" and estimate["verdict"] == "fits"
+    assert estimate["machine"] == "CPU" and estimate["verdict"] == "fits"
     assert "estimated peak" in Dashboard(run).header.value
 
     plan = ip.run_line_magic("lora", "plan")  # the settings of the last %%finetune
@@ -67,7 +68,7 @@ def test_a_run_keeps_its_estimate_and_plan_reads_the_last_settings(ip, runs_dir)
 
 
 def test_measure_trains_real_steps_and_leaves_no_trace(ip, capsys, runs_dir):
-    from lora_magic.generation import session
+    from lora_magic.model.session import session
 
     result = ip.run_cell("%lora plan --measure --batch-size 2 --max-length 64 --device cpu")
     result.raise_error()

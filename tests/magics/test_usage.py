@@ -8,8 +8,8 @@ import sys
 import pytest
 from IPython.core.error import UsageError
 
-from lora_magic.config import field_names
-from lora_magic.magics.commands import COMMANDS
+from lora_magic.core.config import field_names
+from lora_magic.magics.registry import COMMANDS
 
 
 def test_loading_the_extension_imports_nothing_heavy():

@@ -10,10 +10,10 @@ import nbformat
 from IPython.core.inputtransformer2 import TransformerManager
 from IPython.testing import globalipapp
 
-from lora_magic.config import RunConfig
+from lora_magic.core.config import RunConfig
 from lora_magic.magics import LoraMagics
-from lora_magic.magics.commands import lookup
 from lora_magic.magics.options import config_values, parse, read_body, split
+from lora_magic.magics.registry import lookup
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "examples" / "colab.ipynb"
 

@@ -4,7 +4,7 @@ import pytest
 from pytest_jupyter.jupyter_server import *  # noqa: F403
 from traitlets.config import Config
 
-from lora_magic.runs import RunStore
+from lora_magic.core.store import RunStore
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import time
 import pytest
 from jupyter_server.utils import url_path_join
 
-from lora_magic.runs import RunStore
+from lora_magic.core.store import RunStore
 
 LOG = {"type": "log", "step": 1, "total_steps": 10, "loss": 2.5}
 

@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 import pytest
 from jupyter_server.utils import url_path_join
 
-from lora_magic.runs import RunStore
+from lora_magic.core.store import RunStore
 
 ENDPOINTS = [
     ("GET", "lora-magic/runs"),

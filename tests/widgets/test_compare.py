@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import lora_magic
+from lora_magic.core.config import Sampling
+from lora_magic.core.format import answer_html
 from lora_magic.widgets import ComparePanel
-from lora_magic.widgets.summary import answer_html
 
 PROMPT = "Describe the red lamp."
 
@@ -19,7 +20,7 @@ def trained(tiny_model_dir, records, runs_dir):
 
 
 def test_generate_fills_one_column_per_model(trained):
-    panel = ComparePanel(PROMPT, max_new_tokens=6)
+    panel = ComparePanel(PROMPT, sampling=Sampling(max_new_tokens=6))
     assert list(panel.choices) == ["base", trained.name]
     comparison = panel.generate()
     columns = panel.columns.children
@@ -35,7 +36,9 @@ def test_generate_fills_one_column_per_model(trained):
 
 def test_text_streams_into_the_column_piece_by_piece(trained):
     torch.manual_seed(0)  # sampled, so the random tiny model writes visible text rather than blank lines
-    panel = ComparePanel(PROMPT, adapters=[trained.name], max_new_tokens=8, temperature=1.0)
+    panel = ComparePanel(
+        PROMPT, adapters=[trained.name], sampling=Sampling(max_new_tokens=8, temperature=1.0)
+    )
     shown = []
 
     def follow_column(change):
@@ -48,7 +51,7 @@ def test_text_streams_into_the_column_piece_by_piece(trained):
 
 
 def test_sampling_controls_and_model_choice(trained):
-    panel = ComparePanel(PROMPT, max_new_tokens=4, temperature=0.8, top_p=0.9)
+    panel = ComparePanel(PROMPT, sampling=Sampling(max_new_tokens=4, temperature=0.8, top_p=0.9))
     assert panel.sampling.value == "sample" and panel.temperature.layout.display is None
     panel.sampling.value = "greedy"  # temperature and top-p mean nothing then: hidden
     assert panel.temperature.layout.display == panel.top_p.layout.display == "none"
@@ -60,7 +63,7 @@ def test_sampling_controls_and_model_choice(trained):
 
 
 def test_history_recalls_an_earlier_prompt(trained):
-    panel = ComparePanel("first prompt", max_new_tokens=2)
+    panel = ComparePanel("first prompt", sampling=Sampling(max_new_tokens=2))
     panel.generate()
     panel.prompt.value = "second prompt"
     panel.generate()
@@ -70,7 +73,7 @@ def test_history_recalls_an_earlier_prompt(trained):
 
 
 def test_generation_refused_while_training_is_shown_in_the_panel(trained, tiny_model_dir, records, runs_dir):
-    panel = ComparePanel(PROMPT, max_new_tokens=2)
+    panel = ComparePanel(PROMPT, sampling=Sampling(max_new_tokens=2))
     run = lora_magic.train(model=tiny_model_dir, data=records, steps=30, eval_fraction=0, runs_dir=runs_dir)
     assert panel.generate() is None
     assert "while run" in panel.message.value and run.name in panel.message.value

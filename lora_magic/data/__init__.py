@@ -1,0 +1,1 @@
+"""Training data: sources, templates, tokens, the data report and cleaning, preparation."""
