@@ -6,8 +6,10 @@ Importing this module imports no torch; converting the built-in model does.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import socket
@@ -20,6 +22,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from .errors import ModelError, did_you_mean
+from .store import write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -177,12 +180,81 @@ def hub_offline(resolved: str, model: str) -> bool:
     )
 
 
+def remote_code(model: str) -> str:
+    """What loading `model` with trust_remote_code would run: the Python files that a folder's
+    configuration names (its auto_map), or the code that comes with a Hub repository."""
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        return f"the code that comes with {model!r}"
+    modules = set()
+    for name in ("config.json", "tokenizer_config.json"):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            for reference in _references(
+                json.loads((folder / name).read_text(encoding="utf-8")).get("auto_map")
+            ):
+                modules.add(reference.split("--")[-1].rsplit(".", 1)[0] + ".py")
+    named = ", ".join(sorted(modules)) or "the Python files it holds"
+    return f"{named} in {folder}"
+
+
+def _references(auto_map: object) -> list[str]:
+    """The 'module.Class' strings of an auto_map, whose values are strings or lists of them."""
+    values = auto_map.values() if isinstance(auto_map, dict) else []
+    found = []
+    for value in values:
+        found += [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str)]
+    return found
+
+
 def base_fingerprint(resolved: str) -> str:
-    """Identity of a base model: its config and weight files for a folder, the id for the Hub."""
+    """Identity of a base model: the content of its config and weight files for a folder, the id
+    for the Hub. Resuming a run on a base whose weights changed is refused by it."""
     path = Path(resolved)
     if not path.is_dir():
         return f"hub:{resolved}"
     digest = hashlib.sha256((path / "config.json").read_bytes())
-    for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+    for weights in _weight_files(path):
+        digest.update(f"{weights.name}:{content_digest(weights)}".encode())
+    return "content:" + digest.hexdigest()[:32]
+
+
+def same_base(recorded: str, resolved: str) -> bool:
+    """Whether the base loaded from `resolved` is the one a run recorded. A fingerprint of an older
+    version ('sha256:', from the files' sizes) is checked as it was made."""
+    if not recorded.startswith("sha256:"):
+        return recorded == base_fingerprint(resolved)
+    path = Path(resolved)
+    digest = hashlib.sha256((path / "config.json").read_bytes())
+    for weights in _weight_files(path):
         digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
-    return "sha256:" + digest.hexdigest()[:16]
+    return recorded == "sha256:" + digest.hexdigest()[:16]
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+
+
+def content_digest(file: Path) -> str:
+    """The sha256 of a file's bytes (0.8 s for the built-in model's 538 MB here), remembered in the
+    cache by the file's size, inode and change times: a file written again, even to the same size
+    and with its modification time put back, changes its ctime and is read again."""
+    stat = file.stat()
+    key = f"{stat.st_size}:{stat.st_ino}:{stat.st_mtime_ns}:{stat.st_ctime_ns}"
+    remembered = cache_dir() / "digests.json"
+    try:
+        known = json.loads(remembered.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    entry = known.get(str(file.resolve())) if isinstance(known, dict) else None
+    if isinstance(entry, dict) and entry.get("key") == key:
+        return entry["sha256"]
+    digest = hashlib.sha256()
+    with open(file, "rb") as stream:
+        while chunk := stream.read(1 << 24):
+            digest.update(chunk)
+    known = known if isinstance(known, dict) else {}
+    known[str(file.resolve())] = {"key": key, "sha256": digest.hexdigest()}
+    with contextlib.suppress(OSError):  # a cache that cannot be written only costs the next read
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        write_text_atomic(remembered, json.dumps(known))
+    return digest.hexdigest()

@@ -12,6 +12,7 @@ import importlib.metadata
 import time
 from typing import Any, TypedDict
 
+from .catalogue import remote_code
 from .config import RunConfig
 from .errors import RunError
 from .events import RUNNING
@@ -85,11 +86,31 @@ def versions() -> dict[str, str]:
 
 def stored_config(record: dict[str, Any]) -> RunConfig:
     """The settings a run was started with, as recorded in its run.json (data sources excluded:
-    the run's own data/ folder holds the records it used)."""
+    the run's own data/ folder holds the records it used). A run folder may come from anyone, so
+    its settings never allow running the code shipped with a model: trust_remote_code is off here
+    (`config_to_load` is how a caller allows it)."""
     settings = record.get("config")
     if not isinstance(settings, dict):
         raise RunError(f"run {record.get('name')!r} has no settings in its run.json")
-    return RunConfig.from_dict({k: v for k, v in settings.items() if k not in ("data", "eval_data")})
+    kept = {k: v for k, v in settings.items() if k not in ("data", "eval_data", "trust_remote_code")}
+    return RunConfig.from_dict(kept)
+
+
+def config_to_load(record: dict[str, Any], trust_remote_code: bool = False) -> RunConfig:
+    """The settings to load a stored run's model with. A run that was trained with
+    trust_remote_code gets it only when the caller allows it in this call (the user's own
+    `trust_remote_code=True` or `--trust-remote-code`); without, it is refused before anything
+    loads, naming the code that would run."""
+    config = stored_config(record)
+    if (record.get("config") or {}).get("trust_remote_code") is not True:
+        return config
+    if not trust_remote_code:
+        raise RunError(
+            f"run {record.get('name')!r} was trained with trust_remote_code: loading it runs "
+            f"{remote_code(config.model)}. Settings read from a run folder never allow that; if you "
+            "trust that code, allow it in this call: trust_remote_code=True (in a magic: --trust-remote-code)"
+        )
+    return config.replace(trust_remote_code=True)
 
 
 def describe_cleaning(cleaning: dict | None) -> str:

@@ -20,6 +20,7 @@ import contextlib
 import errno
 import json
 import os
+import secrets
 import shutil
 import socket
 import time
@@ -47,10 +48,14 @@ def default_root() -> Path:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write through a temporary file and rename, so readers never see a half-written file (and a
-    failed write, e.g. on a full disk, leaves the previous file and no temporary one)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    failed write, e.g. on a full disk, leaves the previous file and no temporary one).
+
+    The temporary file is a new one under a random name, and the rename replaces the directory
+    entry: whatever stood at `path` (a link to a file elsewhere, say) is replaced, never written
+    through."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as out:
+        with open(tmp, "w", encoding="utf-8", opener=_new_file) as out:
             out.write(text)
             out.flush()
             os.fsync(out.fileno())
@@ -58,6 +63,37 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _new_file(path: str, flags: int) -> int:
+    """Open a file that does not exist yet: never one that someone left there, nor through a link."""
+    return os.open(path, flags | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+
+
+def _own_file(path: str, flags: int) -> int:
+    """Open a file of the run store to add to it, refusing a link: a symbolic link, or a hard link
+    that makes the same file stand elsewhere too."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW, 0o666)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise RunError(f"{path} is a link; the run store writes only its own files") from None
+        raise
+    if os.fstat(fd).st_nlink > 1:
+        os.close(fd)
+        raise RunError(f"{path} is also linked elsewhere; the run store writes only its own files")
+    return fd
+
+
+def append_bytes(path: Path, data: bytes) -> None:
+    """Add `data` at the end of a file of the run store (made if missing), never through a link.
+    After a torn last line (a process killed mid-write) it starts on a fresh line."""
+    with open(path, "a+b", opener=_own_file) as out:
+        end = out.seek(0, os.SEEK_END)
+        if end:
+            out.seek(end - 1)
+            data = data if out.read(1) == b"\n" else b"\n" + data
+        out.write(data)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -254,20 +290,16 @@ class RunStore:
         return record
 
     def append_event(self, name: str, event: dict[str, Any]) -> None:
-        line = (json.dumps(event, default=str) + "\n").encode("utf-8")
-        with open(self.path(name) / "events.jsonl", "a+b") as out:
-            end = out.seek(0, os.SEEK_END)
-            if end:  # after a torn last line (a process killed mid-write), start on a fresh line
-                out.seek(end - 1)
-                line = line if out.read(1) == b"\n" else b"\n" + line
-            out.write(line)
+        append_bytes(
+            self.path(name) / "events.jsonl", (json.dumps(event, default=str) + "\n").encode("utf-8")
+        )
 
     def request_stop(self, name: str) -> None:
         """Ask the process training `name` to stop at its next step (works across processes)."""
         record = self.read(name)
         if record["status"] not in ACTIVE:
             raise RunError(f"run {name!r} is {record['status']}, not running; nothing to stop")
-        self.file(name, STOP_REQUEST).write_text(str(time.time()))
+        write_text_atomic(self.path(name) / STOP_REQUEST, str(time.time()))
 
     def stop_requested(self, name: str) -> bool:
         return (self.path(name) / STOP_REQUEST).exists()
@@ -278,9 +310,9 @@ class RunStore:
         if record["status"] not in ACTIVE:
             raise RunError(f"run {name!r} is {record['status']}, not running; nothing to pause or resume")
         if paused:
-            self.file(name, PAUSE_REQUEST).write_text(str(time.time()))
+            write_text_atomic(self.path(name) / PAUSE_REQUEST, str(time.time()))
         else:
-            self.file(name, PAUSE_REQUEST).unlink(missing_ok=True)
+            (self.path(name) / PAUSE_REQUEST).unlink(missing_ok=True)
 
     def pause_requested(self, name: str) -> bool:
         return (self.path(name) / PAUSE_REQUEST).exists()

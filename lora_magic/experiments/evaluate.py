@@ -10,7 +10,7 @@ from typing import Any
 
 from ..core.config import Base, RunConfig, describe_source
 from ..core.errors import DataError, RunError
-from ..core.record import stored_config
+from ..core.record import config_to_load
 from ..core.store import RunStore
 from ..data.sources import load_records
 from ..model.scoring import Evaluation, answer_budget, examples_for, save, score
@@ -34,16 +34,18 @@ def evaluate(
     limit: int | None = None,
     max_new_tokens: int | None = None,
     runs_dir: Any = None,
+    trust_remote_code: bool = False,
 ) -> Evaluation:
     """Score the base model and each run's adapter on held-out prompts and save the results in
     each run's folder. `data`: records in the runs' template (default: the first run's eval
-    split); `limit`: the first N of them; `max_new_tokens`: default the longest reference + 16."""
+    split); `limit`: the first N of them; `max_new_tokens`: default the longest reference + 16;
+    `trust_remote_code`: allows runs trained with it to load their model's code."""
     if not runs:
         raise RunError("name at least one run to evaluate")
     if limit is not None and limit < 1:
         raise DataError(f"limit={limit!r} is not valid; it must be at least 1")
     store = RunStore(runs_dir)
-    configs = {name: _adapter_config(store, name) for name in runs}
+    configs = {name: _adapter_config(store, name, trust_remote_code) for name in runs}
     first = configs[runs[0]]
     for name, config in configs.items():
         if _template(config) != _template(first):
@@ -68,7 +70,7 @@ def evaluate(
         shared.ensure_base(configs[names[0]])
         for name in names:
             if name not in shared.adapters:
-                shared.load_adapter(name, runs_dir=runs_dir)
+                shared.load_adapter(name, runs_dir=runs_dir, trust_remote_code=trust_remote_code)
         examples = examples_for(load_records(source), first, shared.tokenizer, limit)
         max_new_tokens = max_new_tokens or answer_budget(examples, shared.tokenizer)
         base = BASE if len(groups) == 1 else f"{BASE} ({key.model}, {key.quantization})"
@@ -85,13 +87,14 @@ def evaluate(
     return evaluation
 
 
-def _adapter_config(store: RunStore, name: str) -> RunConfig:
+def _adapter_config(store: RunStore, name: str, trust_remote_code: bool) -> RunConfig:
     record = store.read(name)
+    config = config_to_load(record, trust_remote_code)
     if not (store.path(name) / "adapter" / "adapter_config.json").is_file():
         raise RunError(
             f"run {name!r} has no saved adapter yet (it is {record['status']}); nothing to evaluate"
         )
-    return stored_config(record)
+    return config
 
 
 def _has_rows(path: Any) -> bool:

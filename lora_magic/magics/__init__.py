@@ -16,6 +16,7 @@ from traitlets import Enum, Unicode
 from ..core.config import RunConfig, choices
 from ..core.events import FAILED
 from ..core.store import RunStore
+from ..training.run import Run
 from . import answers, data, experiments, runs, session  # the groups of %lora subcommands
 from .answers import compare_arguments, run_compare
 from .cells import cell_output
@@ -197,7 +198,7 @@ class LoraMagics(Magics):
         self.cells.shown.append(started)
         return started
 
-    def watch(self, run: Any, background: bool) -> None:
+    def watch(self, run: Run, background: bool) -> None:
         from ..widgets import watch
 
         watch(run, background=background, widgets=self.use_widgets())

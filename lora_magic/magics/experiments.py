@@ -28,6 +28,11 @@ from .runs import last_run_name
     metavar="N",
     help="New tokens per answer. Default: the longest reference answer's, plus 16.",
 )
+@argument(
+    "--trust-remote-code",
+    action="store_true",
+    help="Allow a run trained with trust_remote_code to run its model's code (a run folder never allows it).",
+)
 def eval_(magics: Magics, args: Any) -> Any:
     """Score the base model and each run's adapter on held-out prompts, answered greedily.
 
@@ -41,7 +46,12 @@ def eval_(magics: Magics, args: Any) -> Any:
     names = args.runs or [last_run_name(magics, None)]
     data = magics.variables.data_source(args.data, "data") if args.data else None
     return evaluate(
-        *names, data=data, limit=args.limit, max_new_tokens=args.max_new_tokens, runs_dir=magics.runs_root
+        *names,
+        data=data,
+        limit=args.limit,
+        max_new_tokens=args.max_new_tokens,
+        runs_dir=magics.runs_root,
+        trust_remote_code=args.trust_remote_code,
     )
 
 

@@ -17,6 +17,7 @@ from IPython.core.magic_arguments import MagicHelpFormatter, argument, magic_arg
 from ..core.config import RunConfig
 from ..core.errors import LoraMagicError, did_you_mean
 from ..core.store import RunStore
+from ..training.run import Run
 from .options import NotebookVariables
 
 FORMATTER = functools.partial(MagicHelpFormatter, width=100, max_help_position=34)
@@ -38,7 +39,7 @@ class Magics(Protocol):
     def variables(self) -> NotebookVariables: ...
     def run_config(self, given: dict[str, Any]) -> RunConfig: ...
     def use_widgets(self) -> bool: ...
-    def watch(self, run: Any, background: bool) -> None: ...
+    def watch(self, run: Run, background: bool) -> None: ...
 
 
 @contextlib.contextmanager

@@ -11,10 +11,11 @@ from IPython.core.magic_arguments import argument
 from IPython.display import display
 
 from ..core.events import ACTIVE
+from ..training.run import Run
 from .registry import Magics, command, user_errors
 
 
-def kernel_runs() -> tuple[Any, Any]:
+def kernel_runs() -> tuple[Run | None, Run | None]:
     """(training run, last run) of this kernel, counting one it launched in worker processes; none
     before the engine was first imported."""
     if "lora_magic.training.trainer" not in sys.modules:
@@ -35,7 +36,7 @@ def last_run_name(magics: Magics, name: str | None) -> str:
     return last.name if last else names[0]
 
 
-def kernel_run(name: str | None, action: str) -> Any:
+def kernel_run(name: str | None, action: str) -> Run:
     """The run of this kernel that `name` means (default: the training or last one)."""
     active, last = kernel_runs()
     run = active or last
@@ -48,7 +49,7 @@ def kernel_run(name: str | None, action: str) -> Any:
     return run
 
 
-def any_run(magics: Magics, name: str | None, action: str) -> Any:
+def any_run(magics: Magics, name: str | None, action: str) -> Run:
     """This kernel's run (default: the training or last one), or any run of the store by name,
     followed through its folder (a run training in another process, or one that has ended)."""
     active, last = kernel_runs()
@@ -135,6 +136,11 @@ def rollback(magics: Magics, args: Any) -> None:
 @command("resume")
 @argument("run", nargs="?", metavar="RUN", help="Run to continue. Default: the paused or last run.")
 @argument("--background", action="store_true", help="Return at once; the dashboard keeps updating.")
+@argument(
+    "--trust-remote-code",
+    action="store_true",
+    help="Allow a run trained with trust_remote_code to run its model's code (a run folder never allows it).",
+)
 def resume(magics: Magics, args: Any) -> Any:
     """Continue a paused run, or a stopped/interrupted one from its last checkpoint."""
     active, _ = kernel_runs()
@@ -149,7 +155,7 @@ def resume(magics: Magics, args: Any) -> Any:
         return None
     from ..training.start import resume as resume_run
 
-    run = resume_run(name, runs_dir=magics.runs_root)
+    run = resume_run(name, runs_dir=magics.runs_root, trust_remote_code=args.trust_remote_code)
     magics.watch(run, background=args.background)
     return run
 

@@ -35,11 +35,18 @@ def free(magics: Magics, args: Any) -> None:
 @command("load")
 @argument("path", metavar="PATH", help="A run of the store or a folder with a PEFT adapter.")
 @argument("--name", help="Name to use it under. Default: the run's or the folder's name.")
+@argument(
+    "--trust-remote-code",
+    action="store_true",
+    help="Allow a run trained with trust_remote_code to run its model's code (a run folder never allows it).",
+)
 def load(magics: Magics, args: Any) -> None:
     """Load a saved adapter next to the others, on the shared base model."""
     from ..model.session import session
 
-    name = session().load_adapter(str(args.path), args.name, runs_dir=magics.runs_root)
+    name = session().load_adapter(
+        str(args.path), args.name, runs_dir=magics.runs_root, trust_remote_code=args.trust_remote_code
+    )
     print(f"Loaded adapter {name!r}; %lora use {name} makes it the default, %%compare compares it.")
 
 

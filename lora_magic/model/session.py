@@ -12,6 +12,7 @@ import gc
 import json
 import os
 import shutil
+import tempfile
 import threading
 import warnings
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from ..core.catalogue import local_name, portable_name, same_model
 from ..core.config import Base, RunConfig
 from ..core.errors import ModelError, RunError, did_you_mean
 from ..core.hardware import Machine, detect
-from ..core.record import stored_config
+from ..core.record import config_to_load
 from ..core.store import RunStore
 from .loading import load_base
 from .targets import lora_config
@@ -149,8 +150,8 @@ class Session:
         """Write adapter `name` in standard PEFT format, with `card` as its model card (README.md);
         the folder appears complete or not at all. Its config names the base portably (the Hub id
         of a built-in model, not this machine's cache), so it loads on any machine."""
-        staging = folder.with_name(f".{folder.name}.tmp")
-        shutil.rmtree(staging, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))  # new, and ours alone
+        staging.chmod(0o755)  # readable as a saved model is
         self.model.save_pretrained(staging, selected_adapters=[name])
         saved = staging / name if (staging / name).is_dir() else staging  # PEFT nests non-default names
         config = self.adapters[name].config
@@ -181,11 +182,16 @@ class Session:
         self.active = BASE if self.active == name else self.active
 
     def load_adapter(
-        self, source: str | Path, name: str | None = None, runs_dir: str | Path | None = None
+        self,
+        source: str | Path,
+        name: str | None = None,
+        runs_dir: str | Path | None = None,
+        trust_remote_code: bool = False,
     ) -> str:
         """Load an adapter from a run of the store or a PEFT folder under `name`; returns the name.
 
         The base model is loaded first if none is, from the run's settings or the adapter's config.
+        A run trained with trust_remote_code loads only with `trust_remote_code=True` here.
         """
         from peft import PeftModel
 
@@ -195,11 +201,13 @@ class Session:
         if Path(source).is_dir():
             folder = Path(source).resolve()
             if (folder.parent / "run.json").is_file():
-                config = stored_config(json.loads((folder.parent / "run.json").read_text()))
+                config = config_to_load(
+                    json.loads((folder.parent / "run.json").read_text()), trust_remote_code
+                )
         elif store.exists(str(source)):
             record = store.read(str(source))
             folder = store.path(str(source)) / "adapter"
-            config = stored_config(record)
+            config = config_to_load(record, trust_remote_code)
             if not (folder / "adapter_config.json").is_file():
                 raise RunError(f"run {source!r} has no saved adapter (it is {record['status']})")
         else:

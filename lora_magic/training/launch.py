@@ -21,7 +21,13 @@ from .run import Run, follow
 
 def worker_command(config: RunConfig, folder: Path) -> list[str]:
     """The command that trains the run in `folder`: the worker alone, or under accelerate launch."""
-    worker = ["-m", "lora_magic.worker", str(folder)]
+    # the user's own call allows its model's code (trust_remote_code); the folder alone never does
+    worker = [
+        "-m",
+        "lora_magic.worker",
+        str(folder),
+        *(["--trust-remote-code"] if config.trust_remote_code else []),
+    ]
     if config.launch == "process":
         return [sys.executable, *worker]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(config.processes)]

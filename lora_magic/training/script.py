@@ -28,7 +28,10 @@ def script(name: str, runs_dir: str | os.PathLike | None = None) -> Text:
 
     store = RunStore(runs_dir)
     record = store.read(name)
-    config = stored_config(record)
+    # the script is the user's to run: it loads the model as the run did, its own code included
+    config = stored_config(record).replace(
+        trust_remote_code=(record.get("config") or {}).get("trust_remote_code") is True
+    )
     folder = store.path(name)
     on = _machine(record)
     examples = record.get("examples", {})

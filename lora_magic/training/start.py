@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from ..core import record as run_record
-from ..core.catalogue import base_fingerprint, resolve_model
+from ..core.catalogue import base_fingerprint, resolve_model, same_base
 from ..core.config import RunConfig, changed_settings
 from ..core.errors import ConfigError, RunError
 from ..core.events import ACTIVE, FAILED, INTERRUPTED, RESUMABLE, RUNNING, STATUS, History
 from ..core.hardware import Hardware, Machine, detect
-from ..core.record import stored_config
+from ..core.record import config_to_load
 from ..core.store import RunStore, no_space
 from ..data.prepare import prepare
 from ..data.tokens import load_tokenizer
@@ -112,14 +112,22 @@ def train(
         raise
 
 
-def resume(name: str, config: RunConfig | None = None, *, runs_dir: str | Path | None = None) -> Run:
+def resume(
+    name: str,
+    config: RunConfig | None = None,
+    *,
+    runs_dir: str | Path | None = None,
+    trust_remote_code: bool = False,
+) -> Run:
     """Continue run `name` in this kernel from its last complete checkpoint, e.g. after a kernel
     restart or a worker process that died.
 
-    A different config (when given) or a changed base model is refused before anything loads.
+    A different config (when given) or a changed base model is refused before anything loads, and
+    so is a run trained with trust_remote_code unless `trust_remote_code=True` allows it here.
     """
     store = RunStore(runs_dir)
     record = store.read(name)
+    stored = config_to_load(record, trust_remote_code)
     manager().ensure_idle()
     if record["status"] in ACTIVE and record.get("pid") == os.getpid() and record.get("host") == HOST:
         record["status"] = INTERRUPTED  # this kernel trains nothing: its end could not be recorded
@@ -132,7 +140,6 @@ def resume(name: str, config: RunConfig | None = None, *, runs_dir: str | Path |
         raise RunError(
             f"run {name!r} has no complete checkpoint to resume from (set save_every to keep checkpoints)"
         )
-    stored = stored_config(record)
     tracking.check(stored)
     if config is not None:
         changed = changed_settings(record["config"], config.replace(name=name))
@@ -141,36 +148,38 @@ def resume(name: str, config: RunConfig | None = None, *, runs_dir: str | Path |
                 f"cannot resume {name!r} with a different config ({'; '.join(changed)}); "
                 "start a new run to train with other settings"
             )
-    if base_fingerprint(resolve_model(stored.model)) != record.get("base_fingerprint"):
-        raise RunError(
-            f"cannot resume {name!r}: the base model {stored.model!r} changed since the run started"
-        )
     store.clear_requests(name)
-    return _train_from_folder(store, record, checkpoint)
+    return _train_from_folder(store, record, checkpoint, trust_remote_code=trust_remote_code)
 
 
-def train_folder(store: RunStore, name: str, writes: bool = True) -> Run:
+def train_folder(store: RunStore, name: str, writes: bool = True, trust_remote_code: bool = False) -> Run:
     """Train run `name` from its folder alone (a worker process's job), from its last complete
     checkpoint when it has one. `writes`: whether this process writes the run's files (under
-    Accelerate the first process alone does)."""
+    Accelerate the first process alone does). `trust_remote_code`: allowed by whoever started
+    the worker (the user's own call that launched it), never by the folder."""
     record = store.read(name)
     if record["status"] not in (RUNNING, *RESUMABLE):
         raise RunError(f"run {name!r} is {record['status']}; there is nothing left to train")
-    tracking.check(stored_config(record))
-    return _train_from_folder(store, record, store.last_checkpoint(name), writes)
+    tracking.check(config_to_load(record, trust_remote_code))
+    return _train_from_folder(store, record, store.last_checkpoint(name), writes, trust_remote_code)
 
 
 def _train_from_folder(
-    store: RunStore, record: dict[str, Any], checkpoint: Path | None, writes: bool = True
+    store: RunStore,
+    record: dict[str, Any],
+    checkpoint: Path | None,
+    writes: bool = True,
+    trust_remote_code: bool = False,
 ) -> Run:
     """Start training a stored run on the records saved in its folder."""
     name, folder = record["name"], store.path(record["name"])
-    stored = stored_config(record).replace(
+    stored = config_to_load(record, trust_remote_code).replace(
         data=str(folder / "data" / "train.jsonl"),
         eval_data=str(folder / "data" / "eval.jsonl"),
         eval_fraction=0.0,
         max_examples=None,
     )
+    _check_base(record, stored)
     machine = detect(stored)
     shared = session()
     shared.ensure_base(stored, machine)
@@ -195,6 +204,20 @@ def _train_from_folder(
         reason = str(no_space(error, store.root) or f"{type(error).__name__}: {error}")
         training.end(FAILED, error=reason, finished=time.time())
         raise
+
+
+def _check_base(record: dict[str, Any], config: RunConfig) -> None:
+    """Refuse to train a stored run on a base other than the one it started on."""
+    name, recorded = record["name"], record.get("base_fingerprint")
+    if not isinstance(recorded, str):
+        raise RunError(
+            f"run {name!r} cannot go on: its run.json has no fingerprint of its base model, so nothing "
+            "shows that the base is still the one it trained on; start a new run"
+        )
+    if not same_base(recorded, resolve_model(config.model)):
+        raise RunError(
+            f"run {name!r} cannot go on: the base model {config.model!r} changed since the run started"
+        )
 
 
 def _hardware(config: RunConfig, machine: Machine) -> dict[str, Any]:

@@ -47,7 +47,7 @@ from ..core.events import (
 )
 from ..core.hardware import Machine
 from ..core.results import loss_before_training
-from ..core.store import COMPLETE_MARK, no_space
+from ..core.store import COMPLETE_MARK, no_space, write_text_atomic
 from ..data.prepare import Prepared
 from ..data.templates import prompt_for
 from ..model import scoring
@@ -402,7 +402,7 @@ class RunCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if folder.is_dir() and state.is_world_process_zero:
-            (folder / COMPLETE_MARK).write_text(str(time.time()))
+            write_text_atomic(folder / COMPLETE_MARK, str(time.time()))
             self.training.publish(CheckpointEvent(type=CHECKPOINT, step=state.global_step, path=str(folder)))
 
     def _probe(self, step: int) -> None:

@@ -13,8 +13,8 @@ from lora_magic.data.tokens import encode
 
 
 @pytest.fixture(scope="module")
-def tokenizer(builtin_model_dir):
-    return AutoTokenizer.from_pretrained(builtin_model_dir)
+def tokenizer(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
 def test_alpaca_template_is_the_source_format(tokenizer):

@@ -115,6 +115,7 @@ def test_unknown_model_name_says_what_is_valid():
         catalogue.resolve_model("smollm2-13m")
 
 
+@pytest.mark.real_model
 def test_builtin_conversion_is_trainable_and_safe_when_two_kernels_race(tmp_path):
     """Two processes convert into an empty cache at once: both get the same complete checkpoint."""
     script = (

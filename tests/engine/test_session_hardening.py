@@ -93,6 +93,7 @@ def test_a_saved_adapter_names_its_base_portably_and_carries_a_model_card(traine
     assert loaded.peft_config["default"].r == 8
 
 
+@pytest.mark.real_model
 def test_a_built_in_base_is_recorded_by_its_hub_id_and_found_again_offline():
     hub_id = "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert catalogue.portable_name("smollm2-135m") == hub_id

@@ -187,7 +187,7 @@ def test_resume_refuses_a_changed_config_or_base_before_loading(tiny_model_dir, 
     config = json.loads((base / "config.json").read_text())
     (base / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 1e-3}))
     with pytest.raises(
-        RunError, match=r"cannot resume 'picky': the base model .* changed since the run started"
+        RunError, match=r"run 'picky' cannot go on: the base model .* changed since the run started"
     ):
         lm.resume("picky")
     assert lm.session().model is None  # refused before anything loaded
