@@ -122,9 +122,14 @@ def _convert_gguf(folder: Path, gguf_file: str, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-    dequantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # the conversion's bars, for this once; the kernel's stay as they were
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+        dequantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     config = dequantised.config
     del config.quantization_config  # the flag that makes the Trainer refuse the model
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
