@@ -8,4 +8,6 @@ PY="${LORA_MAGIC_VENV:-.venv}/bin/python"
 command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 "$PY" -m ruff check .
 "$PY" -m ruff format --check .
-exec "$PY" -m pytest "$@"
+# Two workers: while one trains, the other starts kernels, servers and browsers (tests/conftest.py
+# orders the work). LORA_MAGIC_TEST_WORKERS=0 runs the suite in this one process.
+exec "$PY" -m pytest -n "${LORA_MAGIC_TEST_WORKERS:-2}" --dist loadgroup --no-loadscope-reorder "$@"
