@@ -58,8 +58,7 @@ def resolve_model(name: str) -> str:
         return builtin_checkpoint(name)
     path = Path(name).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelError(f"{name!r} is a folder but has no config.json, so it is not a saved model")
+        _check_saved_model(name, path)
         return str(path.resolve())
     if name.count("/") == 1 and not name.startswith((".", "/", "~")):
         return name  # a Hub id
@@ -67,6 +66,28 @@ def resolve_model(name: str) -> str:
         f"unknown model {name!r}{did_you_mean(name, BUILTIN_MODELS)}: use a built-in model "
         f"({', '.join(BUILTIN_MODELS)}), a Hub id like 'org/name', or a folder with a saved model"
     )
+
+
+def _check_saved_model(name: str, folder: Path) -> None:
+    """A folder is a saved model if its config.json is a model configuration (with a model_type)."""
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"{name!r} is a folder but has no config.json, so it is not a saved model")
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as error:
+        raise ModelError(
+            f"{name!r}: its config.json cannot be read ({error}), so it is not a saved model"
+        ) from None
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        what = (
+            "has no model_type"
+            if isinstance(config, dict)
+            else f"holds {type(config).__name__}, not a configuration"
+        )
+        raise ModelError(
+            f"{name!r}: its config.json {what}, so transformers cannot tell which model it is; save the "
+            "model again with save_pretrained"
+        )
 
 
 def portable_name(model: str) -> str:

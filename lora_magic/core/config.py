@@ -286,6 +286,7 @@ class RunConfig:
         _require(self, "learning_rate", 0 < self.learning_rate < 1, "between 0 and 1, e.g. 2e-4")
         _require(self, "dropout", 0 <= self.dropout < 1, "from 0 up to (not including) 1")
         _require(self, "eval_fraction", 0 <= self.eval_fraction < 1, "from 0 up to (not including) 1")
+        _require(self, "seed", 0 <= self.seed < 2**32, "from 0 to 4294967295 (2**32 - 1)")
         if self.processes > 1 and self.launch != "accelerate":
             raise ConfigError(
                 f"processes={self.processes} needs launch='accelerate'; with launch={self.launch!r} one "
@@ -453,21 +454,36 @@ def _check_type(f: dataclasses.Field, value: Any) -> None:
         raise ConfigError(f"{f.name}{given}; it must be {expected}")
 
 
+# The format spec of a text field: [[fill]align][width][.precision][s]; its sizes are bounded, since
+# `{instruction:>999999999}` would pad every example with a billion spaces.
+TEXT_SPEC = re.compile(r"(?:.?[<>^])?(\d*)(?:\.(\d+))?s?")
+MAX_FIELD_WIDTH = 1000
+
+
 def _check_format(name: str, template: str | None) -> None:
     """A custom template must be a format string whose fields name record fields."""
     if template is None:
         return
     try:
-        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+        fields = [
+            (field, spec) for _, field, spec, _ in string.Formatter().parse(template) if field is not None
+        ]
     except ValueError as error:
         raise ConfigError(
             f"{name}={template!r} is not a valid format string ({error}); write {{{{ and }}}} for a literal brace"
         ) from None
-    for field_name in fields:
+    for field_name, spec in fields:
         if not field_name or field_name.isdigit() or "." in field_name or "[" in field_name:
             raise ConfigError(
                 f"{name}={template!r} has the field {{{field_name}}}; name a record field inside the "
                 "braces, e.g. {question} (write {{ and }} for a literal brace)"
+            )
+        sizes = TEXT_SPEC.fullmatch(spec or "")
+        if not sizes or any(int(size or 0) > MAX_FIELD_WIDTH for size in sizes.groups()):
+            raise ConfigError(
+                f"{name}={template!r} formats {{{field_name}:{spec}}}, which text cannot take; a field's "
+                f"format may align it in a width and cut it at a precision, each at most {MAX_FIELD_WIDTH} "
+                f"(e.g. {{{field_name}:<20}}), or be left out: {{{field_name}}}"
             )
 
 

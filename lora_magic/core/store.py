@@ -23,18 +23,21 @@ import os
 import secrets
 import shutil
 import socket
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .config import RUN_NAME
-from .errors import RunError, did_you_mean
+from .errors import LoraMagicError, RunError, did_you_mean
 from .events import ACTIVE, INTERRUPTED, STATUSES, UNREADABLE
 
 STOP_REQUEST = "stop-request"
 PAUSE_REQUEST = "pause-request"
 WORKER_LOG = "worker.log"  # the output of a run's worker processes (training/launch.py)
 COMPLETE_MARK = "COMPLETE"
+MAX_DEPTH = 64  # of nested lists and objects in run.json or an event: deeper ones are not records
 
 
 class UnreadableRun(RunError):
@@ -98,6 +101,55 @@ def append_bytes(path: Path, data: bytes) -> None:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, default=str))
+
+
+@contextlib.contextmanager
+def new_folder(out: Path) -> Iterator[Path]:
+    """A folder that appears at `out` complete or not at all. The block writes into a staging
+    folder beside it, new and under a name of its own (never one that could be the user's), which
+    is renamed to `out` at the end, or removed when anything failed; a failure is one line saying
+    what went wrong (a full disk, a folder that cannot be written)."""
+    check_new_folder(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".staging", dir=out.parent))
+        staging.chmod(0o755)
+    except OSError as error:
+        raise cannot_write(error, out) from None
+    try:
+        yield staging
+        if out.exists():
+            out.rmdir()
+        os.rename(staging, out)
+    except LoraMagicError:
+        raise
+    except Exception as error:
+        raise cannot_write(error, out) from error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_new_folder(out: Path) -> None:
+    """Refuse, before any work, to write a new folder where a file or a folder with files stands."""
+    if out.is_file():
+        raise RunError(f"{out} is a file; choose a new folder")
+    if out.exists() and any(out.iterdir()):
+        raise RunError(f"{out} already exists and is not empty; choose a new folder")
+
+
+def cannot_write(error: BaseException, out: Path) -> RunError:
+    """A one-line error for a failed write of `out`."""
+    full = no_space(error, out.parent)
+    if full or "No space left" in str(error):  # libraries that write for us (safetensors) say it in words
+        return full or RunError(
+            f"no space left in {out.parent}: free some disk space or choose another folder"
+        )
+    if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return RunError(f"cannot write to {out.parent}: {error.strerror}; choose a folder you can write to")
+    if isinstance(error, NotADirectoryError):
+        return RunError(f"cannot write {out}: a part of its path is a file, not a folder")
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return RunError(f"could not write {out}: {type(error).__name__}{': ' + reason if reason else ''}")
 
 
 def no_space(error: BaseException, where: Path) -> RunError | None:
@@ -174,13 +226,19 @@ class RunStore:
                 f"run {name!r} is unreadable: its run.json is not valid JSON ({error.msg} at line "
                 f"{error.lineno}, column {error.colno})"
             ) from None
+        except (ValueError, RecursionError) as error:  # a number too long to read, nesting too deep
+            raise UnreadableRun(f"run {name!r} is unreadable: its run.json {_beyond(error)}") from None
+        if too_deep(record):
+            raise UnreadableRun(
+                f"run {name!r} is unreadable: its run.json is nested deeper than {MAX_DEPTH} levels"
+            )
         if not isinstance(record, dict):
             raise UnreadableRun(
                 f"run {name!r} is unreadable: its run.json holds {_kind(record)}, not a run record"
             )
         if record.get("status") not in STATUSES:
             raise UnreadableRun(f"run {name!r} is unreadable: its run.json has no valid status")
-        if record["status"] in ACTIVE and not _process_alive(record.get("host"), record.get("pid")):
+        if record["status"] in ACTIVE and not _process_alive(record):
             record["status"] = INTERRUPTED
         return {**record, "name": name}
 
@@ -280,7 +338,14 @@ class RunStore:
 
     def write(self, name: str, record: dict[str, Any], pid: int | None = None) -> None:
         """Write run.json, naming the process that trains the run: this one unless `pid` is given."""
-        record = {**record, "updated": time.time(), "pid": pid or os.getpid(), "host": socket.gethostname()}
+        pid = pid or os.getpid()
+        record = {
+            **record,
+            "updated": time.time(),
+            "pid": pid,
+            "pid_started": process_started(pid),
+            "host": socket.gethostname(),
+        }
         write_json_atomic(self.path(name) / "run.json", record)
 
     def update(self, name: str, pid: int | None = None, **changes: Any) -> dict[str, Any]:
@@ -327,9 +392,29 @@ def _event(line: bytes) -> dict[str, Any] | None:
     """The event on one line of events.jsonl, or None for a line that holds none."""
     try:
         event = json.loads(line)
-    except ValueError:  # invalid JSON or UTF-8
+    except (ValueError, RecursionError):  # invalid JSON or UTF-8, a number too long, nesting too deep
         return None
-    return event if isinstance(event, dict) and isinstance(event.get("type"), str) else None
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str) or too_deep(event):
+        return None
+    return event
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether lists and objects nest in `value` deeper than `limit` (looked at without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            stack += [(child, depth + 1) for child in (item.values() if isinstance(item, dict) else item)]
+    return False
+
+
+def _beyond(error: BaseException) -> str:
+    if isinstance(error, RecursionError):
+        return "is nested too deeply to read"
+    return f"holds a value that cannot be read ({str(error).split(';')[0]})"
 
 
 def _kind(value: Any) -> str:
@@ -337,13 +422,32 @@ def _kind(value: Any) -> str:
     return "null" if value is None else kinds[type(value)]
 
 
-def _process_alive(host: Any, pid: Any) -> bool:
+def _process_alive(record: dict[str, Any]) -> bool:
+    """Whether the process that run.json names as the run's trainer is still that process: alive,
+    and started when the record says (a pid is reused once its process is gone)."""
+    import psutil
+
+    pid, host = record.get("pid"), record.get("host")
     if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0 or host != socket.gethostname():
         return True  # another machine's process, or no usable pid: trust what it wrote
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        started = psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, ValueError, OverflowError):
         return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
+    except psutil.AccessDenied:
+        return True  # another user's process: alive, and its start cannot be told
+    recorded = record.get("pid_started")
+    if isinstance(recorded, int | float):
+        return abs(started - recorded) < 1.0
+    written = record.get("updated")  # an older record: a process younger than it did not write it
+    return not isinstance(written, int | float) or started <= written + 1.0
+
+
+def process_started(pid: int) -> float | None:
+    """When process `pid` of this machine started (seconds since the epoch); None if it cannot be told."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, ValueError, OverflowError):
+        return None

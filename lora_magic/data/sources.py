@@ -39,6 +39,9 @@ def load_records(source: Any) -> list[dict[str, Any]]:
     for row, record in enumerate(records):
         if not isinstance(record, Mapping):
             raise DataError(f"row {row} is a {type(record).__name__}, not a record of named fields (a dict)")
+        odd = next((key for key in record if not isinstance(key, str)), None)
+        if odd is not None:
+            raise DataError(f"row {row} has a field named {odd!r}, not by text; name every field with text")
     if not records:
         raise DataError("the training data is empty")
     return [dict(r) for r in records]
@@ -84,6 +87,10 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
         raise DataError(
             f"{path} is not a valid {kind} file: {error.msg} at line {error.lineno}, column {error.colno}"
         ) from None
+    except RecursionError:
+        raise DataError(
+            f"{path}: its values are nested too deeply to read; records hold text fields"
+        ) from None
     except (ValueError, OSError) as error:  # what pandas and pyarrow raise on a malformed file
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DataError(f"{path} is not a valid {kind} file: {reason}") from None
@@ -125,6 +132,11 @@ def split_records(config: RunConfig, train: list[dict] | None = None) -> tuple[l
         order = list(range(len(train)))
         random.Random(config.seed).shuffle(order)
         cut = max(1, round(len(train) * config.eval_fraction))
+        if cut >= len(train):
+            raise DataError(
+                f"eval_fraction={config.eval_fraction} of {len(train)} rows holds out {cut}, leaving none to "
+                "train on; lower eval_fraction or give more rows"
+            )
         evaluation, train = [train[i] for i in sorted(order[:cut])], [train[i] for i in sorted(order[cut:])]
     else:
         evaluation = []

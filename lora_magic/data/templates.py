@@ -130,4 +130,11 @@ def _text(record: dict, field_name: str, row: int, optional: bool = False, blank
         )
     if not (optional or blank) and not value.strip():
         raise DataError(f"row {row}, field {field_name!r} is empty")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:  # a lone surrogate: half of a character that was cut
+        raise DataError(
+            f"row {row}, field {field_name!r} holds {value[error.start]!r} at position {error.start}, half "
+            "of a character, which no text encoding writes; fix or drop that row"
+        ) from None
     return value

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,9 @@ import numpy as np
 import torch
 
 from ..core.config import RunConfig
-from ..core.errors import ConfigError, ModelError, RunError
+from ..core.errors import ConfigError, ModelError
 from ..core.record import stored_config
+from ..core.store import check_new_folder, new_folder
 from ..data.templates import format_fields, prompt_for, render
 from ..model.merging import Merged, adapter_base, merge, merged_model
 from ..model.session import session
@@ -84,8 +84,7 @@ def export(
             f"type={type!r} is not a GGUF type this export writes; choose one of: {', '.join(GGUF_TYPES)}"
         )
     out = Path(out).expanduser()
-    if out.exists() and any(out.iterdir()):
-        raise RunError(f"{out} already exists and is not empty; choose a new folder")
+    check_new_folder(out)  # said before the model is merged
     folder = session().adapter_folder(str(source), runs_dir)
     base = adapter_base(folder)
     check_architecture(AutoConfig.from_pretrained(base), base)
@@ -94,23 +93,21 @@ def export(
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = merged_model(folder)[0]
 
-    staging = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        gguf_file = staging / f"{name}.{type}.gguf"
-        provenance = {"base": base, "adapter": str(folder), "type": type, "template": settings.template}
+    gguf_name = f"{name}.{type}.gguf"
+    provenance = {"base": base, "adapter": str(folder), "type": type, "template": settings.template}
+    with new_folder(out) as staging:
         write_gguf(
-            model, tokenizer, gguf_file, type, name, gguf_chat_template(settings, tokenizer), provenance
+            model,
+            tokenizer,
+            staging / gguf_name,
+            type,
+            name,
+            gguf_chat_template(settings, tokenizer),
+            provenance,
         )
-        (staging / "Modelfile").write_text(modelfile(gguf_file.name, settings, tokenizer))
-        (staging / "README.md").write_text(readme(gguf_file.name, name, settings, tokenizer, provenance))
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return Exported(out, out / gguf_file.name, name, base, folder, type, settings.template)
+        (staging / "Modelfile").write_text(modelfile(gguf_name, settings, tokenizer))
+        (staging / "README.md").write_text(readme(gguf_name, name, settings, tokenizer, provenance))
+    return Exported(out, out / gguf_name, name, base, folder, type, settings.template)
 
 
 def run_settings(source: str, folder: Path) -> RunConfig:

@@ -14,6 +14,7 @@ import hashlib
 import html
 import itertools
 import json
+import math
 import re
 import threading
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from ..model.session import session
 from ..training.run import Run, wait_or_stop
 from ..training.start import train
 from ..training.trainer import manager
+
+MAX_RUNS = 1000  # in one sweep: a grid is planned and validated whole before its first run
 
 
 @dataclass
@@ -180,16 +183,28 @@ def check_grid(grid: Any) -> dict[str, list]:
                 f"sweep {key}={values!r} is not valid; give a list of values, e.g. {key}: [a, b]"
             )
         checked[key] = [coerce(key, value) for value in values]
+        twice = next((value for i, value in enumerate(checked[key]) if value in checked[key][:i]), None)
+        if twice is not None:
+            raise ConfigError(f"sweep {key} lists {twice!r} twice; give each value once")
+    count = math.prod(len(values) for values in checked.values())
+    if count > MAX_RUNS:
+        sizes = " × ".join(f"{len(values)} {key}" for key, values in checked.items())
+        raise ConfigError(
+            f"the sweep has {count:,} runs ({sizes}); one sweep trains at most {MAX_RUNS:,}: sweep fewer values"
+        )
     return checked
 
 
 def grid_points(name: str, config: RunConfig, grid: dict[str, list]) -> list[Point]:
     """Every combination as a Point, validated now; base settings vary slowest."""
     keys = sorted(grid, key=lambda k: (k not in BASE_SETTINGS, list(grid).index(k)))
-    points = []
+    points: list[Point] = []
     for values in itertools.product(*(grid[k] for k in keys)):
         knobs = dict(zip(keys, values))
-        run_name = "-".join([name, *(f"{k}_{_slug(v)}" for k, v in knobs.items())])[:100]
+        run_name = "-".join([name, *(f"{k}_{_slug(v)}" for k, v in knobs.items())])
+        if len(run_name) > 100 or any(p.name == run_name for p in points):  # too long, or slugs that meet
+            digest = hashlib.sha256(json.dumps(knobs, sort_keys=True, default=str).encode()).hexdigest()[:8]
+            run_name = f"{run_name[:91]}-{digest}"
         points.append(Point(run_name, knobs, config.replace(name=run_name, **knobs)))
     return points
 

@@ -13,7 +13,7 @@ from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, 
 from IPython.core.magic_arguments import argument, kwds, magic_arguments
 from traitlets import Enum, Unicode
 
-from ..core.config import RunConfig, choices
+from ..core.config import RunConfig, check_names, choices
 from ..core.events import FAILED
 from ..core.store import RunStore
 from ..training.run import Run
@@ -97,6 +97,7 @@ class LoraMagics(Magics):
         with user_errors("%%finetune"), self.cells.progress_line():
             body = read_body(cell)
             grid = body.pop("sweep", None)
+            check_names(body)  # before notebook variables are looked up in it
             body = {key: self.variables.expand(value, key) for key, value in body.items()}
             config = self.run_config({**body, **config_values(args)})
             if args.preview:

@@ -93,9 +93,36 @@ def parse(parser: argparse.ArgumentParser, words: list[str]) -> argparse.Namespa
 
 
 # -- the YAML body -----------------------------------------------------------------------------------
+MAX_DEPTH = 20  # of nested lists and mappings in a cell body: settings need two or three
+
+
 class _TextLoader(yaml.SafeLoader):
     """YAML that leaves scalars as text (bar null): each setting's type comes from RunConfig, so
-    `gradient_checkpointing: on` stays 'on' and `name: 007` stays '007'."""
+    `gradient_checkpointing: on` stays 'on' and `name: 007` stays '007'. Settings are written out
+    plainly: aliases (`*name`, which can multiply a few lines into billions of values), nesting
+    deeper than MAX_DEPTH and a key given twice are refused."""
+
+    depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in settings", mark)
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(key, deep=True) for key, _ in node.value]
+        twice = next((key for index, key in enumerate(keys) if key in keys[:index]), None)
+        if twice is not None:
+            raise yaml.constructor.ConstructorError(None, None, f"{twice!r} is given twice", node.start_mark)
+        return super().construct_mapping(node, deep)
 
 
 _TextLoader.yaml_implicit_resolvers = {

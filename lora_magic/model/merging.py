@@ -6,8 +6,6 @@ may be quantised, and keeps hot-swapping its adapters)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +13,8 @@ from typing import Any
 import torch
 
 from ..core.catalogue import local_name, resolve_model
-from ..core.errors import RunError
 from ..core.hardware import device
+from ..core.store import check_new_folder, new_folder
 from .session import session
 
 
@@ -45,24 +43,18 @@ def merge(source: str, out: str | Path, runs_dir: str | Path | None = None) -> M
     from transformers import AutoTokenizer
 
     out = Path(out).expanduser()
-    if out.exists() and any(out.iterdir()):
-        raise RunError(f"{out} already exists and is not empty; choose a new folder")
+    check_new_folder(out)
     folder = session().adapter_folder(source, runs_dir)
     merged, base_path, dtype = merged_model(folder)
-    staging = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    merged.save_pretrained(staging)
-    AutoTokenizer.from_pretrained(base_path).save_pretrained(staging)
-    (staging / "lora_magic_merge.json").write_text(
-        json.dumps(
-            {"base": base_path, "adapter": str(folder), "dtype": str(dtype).removeprefix("torch.")},
-            indent=2,
+    with new_folder(out) as staging:
+        merged.save_pretrained(staging)
+        AutoTokenizer.from_pretrained(base_path).save_pretrained(staging)
+        (staging / "lora_magic_merge.json").write_text(
+            json.dumps(
+                {"base": base_path, "adapter": str(folder), "dtype": str(dtype).removeprefix("torch.")},
+                indent=2,
+            )
         )
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():
-        out.rmdir()
-    os.rename(staging, out)
     return Merged(out, base_path, str(dtype).removeprefix("torch."), session().quantized)
 
 

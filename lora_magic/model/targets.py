@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core import recipe
 from ..core.config import RunConfig
-from ..core.errors import ModelError, did_you_mean
+from ..core.errors import ConfigError, ModelError, did_you_mean
 
 if TYPE_CHECKING:
     from torch import nn
@@ -84,3 +84,28 @@ def resolve_targets(config: RunConfig, model: nn.Module) -> list[str]:
     raise ModelError(
         f"the {config.targets!r} preset does not know this architecture's layer names; {valid}; pass targets as a list"
     )
+
+
+def check_rank(config: RunConfig, model: nn.Module, targets: list[str]) -> None:
+    """LoRA's rank must not exceed the smaller side of a layer it adapts: past it, the update gains
+    no direction to learn, only parameters."""
+    adapted = {
+        name: min(_sides(layer))
+        for name, layer in linear_layers(model).items()
+        if any(name == t or name.endswith("." + t) for t in targets)
+    }
+    if not adapted:
+        return
+    name, smallest = min(adapted.items(), key=lambda item: item[1])
+    if config.r > smallest:
+        raise ConfigError(
+            f"r={config.r} is more than the {smallest} features of {name}, the smallest layer it adapts; "
+            f"LoRA's rank can be at most {smallest} here (8 or 16 are common)"
+        )
+
+
+def _sides(layer: nn.Module) -> tuple[int, int]:
+    """(inputs, outputs) of a linear layer, also of a quantised one or GPT-2's Conv1D."""
+    if hasattr(layer, "in_features"):
+        return layer.in_features, layer.out_features
+    return tuple(layer.weight.shape)

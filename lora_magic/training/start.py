@@ -28,7 +28,7 @@ from ..data.prepare import prepare
 from ..data.tokens import load_tokenizer
 from ..model import memory
 from ..model.session import session
-from ..model.targets import OUTPUT_HEADS, resolve_targets
+from ..model.targets import OUTPUT_HEADS, check_rank, resolve_targets
 from . import tracking
 from .launch import launch
 from .run import Run
@@ -65,6 +65,7 @@ def train(
         resolved = resolve_model(config.model)
     prepared = prepare(config, tokenizer)
     targets = resolve_targets(config, model)
+    check_rank(config, model, targets)
     heads = [t for t in targets if t.rsplit(".", 1)[-1] in OUTPUT_HEADS]
     if heads:
         raise ConfigError(

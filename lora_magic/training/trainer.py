@@ -46,7 +46,7 @@ from ..core.events import (
     ProbeEvent,
 )
 from ..core.hardware import Machine
-from ..core.results import loss_before_training
+from ..core.results import SMOOTHING, loss_before_training
 from ..core.store import COMPLETE_MARK, no_space, write_text_atomic
 from ..data.prepare import Prepared
 from ..data.templates import prompt_for
@@ -58,7 +58,10 @@ from .card import adapter_card
 from .run import Run
 
 log = logging.getLogger(__name__)
-DIVERGENCE_RISE = 1.4  # an eval loss this many times its best so far means the run is diverging
+DIVERGENCE_RISE = 1.4  # a loss this many times its lowest so far means the run is diverging
+# The training loss is judged smoothed (as the plot draws it), once this many steps are logged, and
+# a rise must also be this many nats: a low loss wanders by more than 40 % without going wrong.
+SMOOTHED_STEPS, SMOOTHED_MARGIN = 5, 0.5
 # The training methods, by the name the `method` setting gives (config.METHODS): each module builds
 # the library's trainer for a run.
 METHODS = {"sft": sft}
@@ -322,6 +325,7 @@ class RunCallback(TrainerCallback):
         self.started = time.time()
         self.last_time, self.last_tokens = self.started, 0
         self.base_answers: dict[str, str] = {}
+        self.smoothed = Smoothed()
 
     def on_train_begin(self, args, state, control, **kwargs):
         gc.unfreeze()  # frozen by Training.work for the trainer's start
@@ -368,6 +372,14 @@ class RunCallback(TrainerCallback):
         self.last_time, self.last_tokens = now, tokens
         self.training.publish(event)
         self.training.update(step=run.step, total_steps=run.total_steps, loss=event["loss"], eta=event["eta"])
+        if not broken and self.smoothed.add(state.global_step, event["loss"]):
+            (loss, step), (lowest, at) = self.smoothed.now, self.smoothed.lowest
+            self.training.warn(
+                "diverging",
+                step,
+                f"diverging: the training loss (smoothed) is {loss:.4f} at step {step}, "
+                f"{loss / lowest - 1:.0%} above its lowest ({lowest:.4f} at step {at}). {_advice(self.training)}",
+            )
         if broken:
             what = " and ".join(f"the {k.replace('_', ' ')} is {event[k]}" for k in broken)
             self.training.warn(
@@ -418,10 +430,14 @@ class RunCallback(TrainerCallback):
         try:
             for prompt in run.config.probes:
                 text = prompt_for(prompt, run.config, tokenizer)
+                if self.training.stop_wanted():
+                    return
                 if prompt not in self.base_answers:
                     with shared.answering_as(BASE):
-                        self.base_answers[prompt] = generate_text(model, tokenizer, text, sampling)[0]
-                answer = generate_text(model, tokenizer, text, sampling)[0]
+                        self.base_answers[prompt] = generate_text(
+                            model, tokenizer, text, sampling, stop=self.training.stop_wanted
+                        )[0]
+                answer = generate_text(model, tokenizer, text, sampling, stop=self.training.stop_wanted)[0]
                 self.training.publish(
                     ProbeEvent(
                         type=PROBE, step=step, prompt=prompt, base=self.base_answers[prompt], adapter=answer
@@ -429,6 +445,29 @@ class RunCallback(TrainerCallback):
                 )
         finally:
             model.train(was_training)
+
+
+class Smoothed:
+    """The training loss as the plot draws it (a debiased moving average), and its lowest point:
+    the sign of a run diverging even where no evaluation comes between (a default short run)."""
+
+    def __init__(self) -> None:
+        self.average, self.count = 0.0, 0
+        self.now: tuple[float, int] = (math.inf, 0)
+        self.lowest: tuple[float, int] = (math.inf, 0)
+
+    def add(self, step: int, loss: float) -> bool:
+        """Take a step's loss; True when the smoothed loss has risen as a diverging run's does."""
+        self.count += 1
+        self.average = SMOOTHING * self.average + (1 - SMOOTHING) * loss
+        self.now = (self.average / (1 - SMOOTHING**self.count), step)
+        self.lowest = min(self.lowest, self.now)
+        risen, lowest = self.now[0], self.lowest[0]
+        return (
+            self.count >= SMOOTHED_STEPS
+            and risen > DIVERGENCE_RISE * lowest
+            and risen - lowest > SMOOTHED_MARGIN
+        )
 
 
 def _on_every_rank(stop: bool) -> bool:

@@ -71,3 +71,73 @@ def test_offline_mode_is_honoured_without_waiting(records, monkeypatch):
 def test_a_misspelt_setting_is_a_config_error_with_a_suggestion_everywhere(entry, records):
     with pytest.raises(lm.ConfigError, match=r"^unknown setting 'stpes' \(did you mean 'steps'\?\)"):
         getattr(lm, entry)(data=records, stpes=3)
+
+
+@pytest.mark.parametrize(
+    ("data", "settings", "message"),
+    [
+        (
+            [{"instruction": "a", "response": "b"}] * 20,
+            {"eval_fraction": 0.99},
+            r"^eval_fraction=0.99 of 20 rows holds out 20, leaving none to train on",
+        ),
+        (
+            [{"instruction": "half of \udc80 a character", "response": "b"}],
+            {},
+            r"^row 0, field 'instruction' holds '\\udc80' at position 8, half of a character",
+        ),
+        ([{"instruction": "a", "response": "b", 3: "c"}], {}, r"^row 0 has a field named 3, not by text"),
+        (
+            [{"instruction": "a", "response": "b"}, {"instruction": "a", "response": {"x": [[[[1]]]]}}],
+            {},
+            r"^row 1, field 'response': expected text, got dict",
+        ),
+    ],
+)
+def test_data_that_libraries_would_choke_on_is_refused_naming_the_row(
+    tiny_model_dir, runs_dir, data, settings, message
+):
+    with pytest.raises(lm.DataError, match=message):
+        lm.train(model=tiny_model_dir, data=data, steps=1, **settings)
+    assert not runs_dir.exists() or not any(runs_dir.iterdir())
+
+
+def test_a_data_file_nested_too_deeply_is_refused(tmp_path):
+    path = tmp_path / "deep.jsonl"
+    path.write_text('{"instruction": "a", "response": ' + "[" * 5000 + "]" * 5000 + "}\n")
+    with pytest.raises(lm.DataError, match=r"deep.jsonl: its values are nested too deeply to read"):
+        load_records(str(path))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("config", r"its config.json holds list, not a configuration"),
+        ("model_type", r"its config.json has no model_type"),
+        ("weights", r"could not load model .*: .*"),
+    ],
+)
+def test_a_damaged_model_folder_is_a_model_error(tiny_model_dir, tmp_path, damage, message):
+    import json
+    import shutil
+
+    folder = tmp_path / "damaged"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    if damage == "config":
+        (folder / "config.json").write_text("[]")
+    elif damage == "model_type":
+        (folder / "config.json").write_text(
+            json.dumps({k: v for k, v in config.items() if k != "model_type"})
+        )
+    else:
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])  # truncated, as by a broken copy
+    with pytest.raises(lm.ModelError, match=message):
+        lm.load_base(lm.RunConfig(model=str(folder)))
+
+
+def test_a_rank_larger_than_the_layers_it_adapts_is_refused(tiny_model_dir, records, runs_dir):
+    with pytest.raises(lm.ConfigError, match=r"^r=100000 is more than the 32 features of .*\.v_proj"):
+        lm.train(model=tiny_model_dir, data=records, r=100000, steps=1)
+    assert lm.session().adapters == {}

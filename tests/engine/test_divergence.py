@@ -91,3 +91,51 @@ def test_rollback_needs_an_evaluation(tiny_model_dir, records, runs_dir):
     run = lm.train(model=tiny_model_dir, data=records, steps=2, eval_fraction=0.0).wait()
     with pytest.raises(lm.RunError, match="no evaluation yet"):
         run.rollback()
+
+
+def test_with_default_settings_a_climbing_training_loss_warns_in_every_view(taught_model, records, runs_dir):
+    """The defaults evaluate a short run at its end only, so no eval loss can show it diverging:
+    the smoothed training loss does (the learning rate is the one setting changed)."""
+    import io
+
+    from lora_magic.widgets.text_progress import TextProgress
+
+    run = lm.train(
+        model=taught_model, data=records, name="defaults-too-hot", learning_rate=0.5, steps=12
+    ).wait()
+    assert run.status == "completed", run.error
+    assert len(run.eval_losses) <= 1  # nothing between the start and the end to compare
+    warning = next(e for e in run.events if e["type"] == "warning")
+    assert warning["kind"] == "diverging" and "the training loss (smoothed) is" in warning["message"]
+    assert "lower learning_rate (now 0.5" in warning["message"]
+    assert RunStore(runs_dir).read("defaults-too-hot")["warning"] == warning["message"]
+    shown = io.StringIO()
+    text = TextProgress(run, out=shown)
+    for event in run.events:
+        text.handle(event)
+    assert f"warning at step {warning['step']}: diverging: the training loss" in shown.getvalue()
+
+
+def test_a_loss_that_is_not_a_number_warns_that_training_broke_down(
+    tiny_model_dir, records, runs_dir, tmp_path
+):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = load_file(broken / "model.safetensors")
+    name = next(key for key in weights if key.endswith("norm.weight"))
+    weights[name][:] = float("nan")  # a damaged checkpoint: every forward pass gives NaN
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    run = lm.train(model=str(broken), data=records, steps=2, eval_fraction=0, name="nan").wait()
+    warning = next(e for e in run.events if e["type"] == "warning")
+    assert (
+        warning["kind"] == "not-finite"
+        and "training broke down at step 1: the loss is nan" in warning["message"]
+    )
+    dashboard = Dashboard(run)
+    for event in run.events:
+        dashboard.handle(event)
+    assert "training broke down" in dashboard.warning.value

@@ -4,6 +4,7 @@ GGUF answers as the merged safetensors model does."""
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 from pathlib import Path
@@ -334,13 +335,13 @@ def test_export_is_atomic_and_never_overwrites(tiny_run, tmp_path, monkeypatch):
 
     def fail_midway(writer, name, data, type):
         if len(written) == 5:
-            raise OSError("disk full")
+            raise OSError(errno.ENOSPC, "No space left on device")
         written.append(name)
         original(writer, name, data, type)
 
     original = exporting.add_tensor
     monkeypatch.setattr(exporting, "add_tensor", fail_midway)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(RunError, match=f"^no space left in {tmp_path}: free some disk space"):
         lm.export("tiny", out, runs_dir=store)
     assert list(tmp_path.iterdir()) == []  # neither the folder nor its staging copy
 
@@ -349,6 +350,37 @@ def test_export_is_atomic_and_never_overwrites(tiny_run, tmp_path, monkeypatch):
     assert exported.gguf.is_file()
     with pytest.raises(RunError, match="already exists and is not empty"):
         lm.export("tiny", out, runs_dir=store)
+
+
+def test_exports_and_merges_leave_the_users_files_alone_and_say_what_went_wrong(
+    tiny_run, tmp_path, monkeypatch
+):
+    _, store = tiny_run
+    mine = tmp_path / ".out.tmp"  # a folder of the user's that the old staging name would have deleted
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    lm.export("tiny", tmp_path / "out", runs_dir=store)
+    assert (mine / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.tmp", "out"]
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    for call in (
+        lambda out: lm.export("tiny", out, runs_dir=store),
+        lambda out: lm.merge("tiny", out, runs_dir=store),
+    ):
+        with pytest.raises(RunError, match=f"^{a_file} is a file; choose a new folder$"):
+            call(a_file)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+
+    def refused(*args, **kwargs):  # the file system of a read-only folder (the tests run as root)
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr("tempfile.mkdtemp", refused)
+    with pytest.raises(RunError, match=f"^cannot write to {locked}: Permission denied; choose a folder"):
+        lm.merge("tiny", locked / "merged", runs_dir=store)
+    assert list(locked.iterdir()) == []
 
 
 def test_bad_format_or_type_names_the_valid_ones(tiny_run, tmp_path):

@@ -205,3 +205,15 @@ def test_a_process_run_outlives_its_kernel_and_a_new_kernel_follows_it(
         "%lora load outlives\nfrom lora_magic.model.session import session\nprint(list(session().adapters))",
     )
     assert "['outlives']" in loaded
+
+
+def test_the_worker_explains_itself_and_refuses_what_is_no_run_folder(tmp_path):
+    helped = subprocess.run(
+        [sys.executable, "-m", "lora_magic.worker", "--help"], capture_output=True, text=True
+    )
+    assert helped.returncode == 0 and "RUN_FOLDER [--trust-remote-code]" in helped.stdout
+    assert "not a run folder" not in helped.stdout + helped.stderr
+    nothing = subprocess.run(
+        [sys.executable, "-m", "lora_magic.worker", str(tmp_path)], capture_output=True, text=True
+    )
+    assert nothing.returncode == 2 and "is not a run folder: it has no run.json" in nothing.stderr

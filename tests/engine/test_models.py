@@ -183,3 +183,13 @@ def test_a_4bit_base_still_passes_gradients_down_after_an_eval_pass(tiny_model_d
     for name in before:
         assert after[name] is not None, f"{name} got no gradient after an eval pass"
         assert torch.allclose(before[name], after[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_every_4bit_layer_is_kept_from_repacking_on_any_cpu(tiny_model_dir):
+    """The cause of the above, checked where it is set, on any CPU: each 4-bit layer of a loaded base
+    refuses bitsandbytes' inference-only repacking."""
+    from bitsandbytes.nn import Linear4bit
+
+    model, _, _ = loading.load_base(RunConfig(model=tiny_model_dir, quantization="4bit"))
+    layers = [module for module in model.modules() if isinstance(module, Linear4bit)]
+    assert layers and all(layer.support_avx512bf16_for_cpu is False for layer in layers)

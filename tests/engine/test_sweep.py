@@ -104,9 +104,25 @@ def test_a_sweep_whose_settings_changed_under_its_name_is_refused(tiny_model_dir
         ({"r": ["eight"]}, "r='eight' is not valid; it must be a whole number"),
         ({"data": ["a.jsonl"]}, "data cannot be swept"),
         ({"quantization": ["2bit"]}, "quantization='2bit' is not valid; choose one of"),
+        ({"r": [8, 8]}, r"sweep r lists 8 twice; give each value once"),
+        (
+            {"r": list(range(1, 101)), "alpha": list(range(1, 101))},
+            r"the sweep has 10,000 runs \(100 r × 100 alpha\); one sweep trains at most 1,000",
+        ),
     ],
 )
 def test_a_bad_grid_is_refused_before_anything_trains(grid, message, tiny_model_dir, records, runs_dir):
     with pytest.raises(ConfigError, match=message):
         lm.sweep(model=tiny_model_dir, data=records, steps=1, grid=grid)
     assert not runs_dir.exists() or not any(runs_dir.iterdir())
+
+
+def test_grid_points_whose_names_would_meet_get_names_of_their_own():
+    from lora_magic.core.config import RunConfig
+    from lora_magic.experiments.sweep import check_grid, grid_points
+
+    long = check_grid({"system_prompt": ["a" * 120 + "x", "a" * 120 + "y"]})  # alike in their first 100
+    short = check_grid({"system_prompt": ["a b", "a-b"]})  # the same name once made a run name
+    for grid in (long, short):
+        names = [point.name for point in grid_points("swept", RunConfig(), grid)]
+        assert len(set(names)) == 2 and all(len(name) <= 100 for name in names), names

@@ -23,6 +23,22 @@ from lora_magic.core.store import RunStore
             "data: df\ntemplate: custom\nprompt_format: 'Q: {'\nresponse_format: '{a}'",
             r"^prompt_format='Q: \{' is not a valid format string",
         ),
+        (
+            "data: df\ntemplate: custom\nprompt_format: 'Q: {instruction:>999999999}'\nresponse_format: '{response}'",
+            r"^prompt_format=.* formats \{instruction:>999999999\}, which text cannot take; .* at most 1000",
+        ),
+        ("data: df\nsteps: 3\nsteps: 4", r"^the cell body is not valid YAML: 'steps' is given twice"),
+        (
+            "data: df\na: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+            "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c, *c]",
+            r"^the cell body is not valid YAML: aliases \(\*name\) are not allowed in settings",
+        ),
+        (
+            "data: df\nprobes: " + "[" * 5000 + "]" * 5000,
+            r"^the cell body is not valid YAML: nested deeper than 20",
+        ),
+        ("data: df\nbogus: {x}", r"^unknown setting 'bogus'"),  # refused before {x} is looked up
+        ("data: df\nseed: -1", r"^seed=-1 is not valid; it must be from 0 to 4294967295"),
     ],
 )
 def test_malformed_settings_are_one_line_and_write_nothing(ip, runs_dir, body, message):

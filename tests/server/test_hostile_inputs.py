@@ -47,6 +47,10 @@ DAMAGED = [
     (b"{not json", "its run.json is not valid JSON"),
     (b'{"status": "running", "name": "\xff\xfe"}', "its run.json is not UTF-8 text"),
     (b'{"name": "x", "config": {}}', "its run.json has no valid status"),
+    (b'{"status": "running", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "is nested too deeply to read"),
+    (b'{"status": "running", "x": ' + b"[" * 900 + b"]" * 900 + b"}", "is nested too deeply to read"),
+    (b'{"status": "running", "x": ' + b"[" * 100 + b"]" * 100 + b"}", "is nested deeper than 64 levels"),
+    (b'{"status": "running", "step": ' + b"9" * 5000 + b"}", "holds a value that cannot be read"),
 ]
 
 
@@ -90,6 +94,8 @@ async def test_bad_event_lines_are_skipped(get, store, runs_dir):
         out.write(b"garbage that is no JSON\n")
         out.write(b'["an", "array"]\n')
         out.write(b'{"no": "type"}\n')
+        out.write(b'{"type": "log", "x": ' + b"[" * 600 + b"]" * 600 + b"}\n")  # nested too deep
+        out.write(b'{"type": "log", "step": ' + b"7" * 5000 + b"}\n")  # a number too long to read
     store.append_event("noisy", LOG)
 
     code, page = await get("runs/noisy/events")
@@ -167,3 +173,18 @@ async def test_a_name_with_a_trailing_newline_or_space_is_not_a_run_name(get, st
         code, reply = await get(f"runs/good-run{suffix}{path}", method)
         assert code == 400 and "is not a valid run name" in reply["message"], (path, code, reply)
     assert not RunStore(store.root).stop_requested("good-run")
+
+
+@pytest.mark.parametrize("written", ["pid 1", "a pid reused"])
+def test_a_live_process_that_is_not_the_runs_is_no_sign_of_life(store, written):
+    """run.json names its process by pid and start time: a live process with that pid that started
+    at another time (init, or a new process given a dead one's pid) does not keep the run running."""
+    import os
+
+    make_run(store, "orphan", status="running")
+    record = json.loads((store.path("orphan") / "run.json").read_text())
+    pid = 1 if written == "pid 1" else os.getpid()
+    (store.path("orphan") / "run.json").write_text(json.dumps({**record, "pid": pid, "pid_started": 12345.0}))
+    assert store.read("orphan")["status"] == "interrupted"
+    make_run(store, "alive", status="running")
+    assert store.read("alive")["status"] == "running"  # this process, started when the record says
