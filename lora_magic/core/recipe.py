@@ -118,6 +118,7 @@ def trainer_arguments(
         "lr_scheduler_type": config.scheduler,
         "seed": config.seed,
         "logging_steps": 1,
+        "logging_nan_inf_filter": False,  # a NaN or infinite loss is shown as it is, not hidden by an average
         "eval_strategy": "steps" if eval_examples else "no",
         "eval_steps": eval_steps,
         "eval_on_start": bool(eval_examples) and eval_on_start,

@@ -425,17 +425,18 @@ def _kind(value: Any) -> str:
 def _process_alive(record: dict[str, Any]) -> bool:
     """Whether the process that run.json names as the run's trainer is still that process: alive,
     and started when the record says (a pid is reused once its process is gone)."""
-    import psutil
-
     pid, host = record.get("pid"), record.get("host")
     if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0 or host != socket.gethostname():
         return True  # another machine's process, or no usable pid: trust what it wrote
     try:
-        started = psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, ValueError, OverflowError):
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
-    except psutil.AccessDenied:
-        return True  # another user's process: alive, and its start cannot be told
+    except (PermissionError, OverflowError):
+        return True  # another user's process, or no pid this machine can have: nothing more to tell
+    started = process_started(pid)
+    if started is None:
+        return True
     recorded = record.get("pid_started")
     if isinstance(recorded, int | float):
         return abs(started - recorded) < 1.0

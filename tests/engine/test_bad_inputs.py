@@ -89,7 +89,7 @@ def test_a_misspelt_setting_is_a_config_error_with_a_suggestion_everywhere(entry
         ([{"instruction": "a", "response": "b", 3: "c"}], {}, r"^row 0 has a field named 3, not by text"),
         (
             [{"instruction": "a", "response": "b"}, {"instruction": "a", "response": {"x": [[[[1]]]]}}],
-            {},
+            {"eval_fraction": 0},
             r"^row 1, field 'response': expected text, got dict",
         ),
     ],

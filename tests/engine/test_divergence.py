@@ -101,10 +101,15 @@ def test_with_default_settings_a_climbing_training_loss_warns_in_every_view(taug
     from lora_magic.widgets.text_progress import TextProgress
 
     run = lm.train(
-        model=taught_model, data=records, name="defaults-too-hot", learning_rate=0.5, steps=12
+        model=taught_model,
+        data=records,
+        eval_data=records,
+        name="defaults-too-hot",
+        learning_rate=0.5,
+        steps=12,
     ).wait()
     assert run.status == "completed", run.error
-    assert len(run.eval_losses) <= 1  # nothing between the start and the end to compare
+    assert [step for step, _ in run.eval_losses] == [12]  # the default schedule: at the end only
     warning = next(e for e in run.events if e["type"] == "warning")
     assert warning["kind"] == "diverging" and "the training loss (smoothed) is" in warning["message"]
     assert "lower learning_rate (now 0.5" in warning["message"]
@@ -135,6 +140,7 @@ def test_a_loss_that_is_not_a_number_warns_that_training_broke_down(
         warning["kind"] == "not-finite"
         and "training broke down at step 1: the loss is nan" in warning["message"]
     )
+    assert str(RunStore(runs_dir).read("nan")["loss"]) == "nan"  # shown as it is, not hidden by an average
     dashboard = Dashboard(run)
     for event in run.events:
         dashboard.handle(event)

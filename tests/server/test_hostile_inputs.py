@@ -48,7 +48,7 @@ DAMAGED = [
     (b'{"status": "running", "name": "\xff\xfe"}', "its run.json is not UTF-8 text"),
     (b'{"name": "x", "config": {}}', "its run.json has no valid status"),
     (b'{"status": "running", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "is nested too deeply to read"),
-    (b'{"status": "running", "x": ' + b"[" * 900 + b"]" * 900 + b"}", "is nested too deeply to read"),
+    (b'{"status": "running", "x": ' + b"[" * 900 + b"]" * 900 + b"}", "is nested deeper than 64 levels"),
     (b'{"status": "running", "x": ' + b"[" * 100 + b"]" * 100 + b"}", "is nested deeper than 64 levels"),
     (b'{"status": "running", "step": ' + b"9" * 5000 + b"}", "holds a value that cannot be read"),
 ]
