@@ -9,5 +9,9 @@ command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq
 "$PY" -m ruff check .
 "$PY" -m ruff format --check .
 # Two workers: while one trains, the other starts kernels, servers and browsers (tests/conftest.py
-# orders the work). LORA_MAGIC_TEST_WORKERS=0 runs the suite in this one process.
-exec "$PY" -m pytest -n "${LORA_MAGIC_TEST_WORKERS:-2}" --dist loadgroup --no-loadscope-reorder "$@"
+# orders the work). Each computes on one thread, as do the kernels and processes it starts: two
+# workers of two threads on two cores wait on each other's threads and run several times slower.
+# LORA_MAGIC_TEST_WORKERS=0 runs the suite in this one process, on every core.
+WORKERS="${LORA_MAGIC_TEST_WORKERS:-2}"
+[ "$WORKERS" = 0 ] || export OMP_NUM_THREADS=1
+exec "$PY" -m pytest -n "$WORKERS" --dist loadgroup --no-loadscope-reorder "$@"
