@@ -90,10 +90,15 @@ class Training:
         run.trainer = self
 
     # -- the run's events ------------------------------------------------------------------------
-    def publish(self, event: dict[str, Any]) -> None:
+    def publish(self, event: dict[str, Any], **record_changes: Any) -> None:
+        """Write the event, then `record_changes` into run.json, and only then show it in the views:
+        a reader that sees the run ended in run.json has its last event too, and a view that says
+        the run ended is never ahead of run.json."""
         event = {"time": time.time(), **event}
         if self.writes:
             self.run.store.append_event(self.run.name, event)
+        if record_changes:
+            self.update(**record_changes)
         self.run.receive(event)
 
     def update(self, **changes: Any) -> None:
@@ -103,9 +108,13 @@ class Training:
 
     def set_status(self, status: str, **fields: Any) -> None:
         run = self.run
-        # the event first: a reader that sees the run ended in run.json has its last event too
-        self.publish({"type": STATUS, "status": status, "step": run.step, **fields})
-        self.update(status=status, step=run.step, total_steps=run.total_steps, **fields)
+        self.publish(
+            {"type": STATUS, "status": status, "step": run.step, **fields},
+            status=status,
+            step=run.step,
+            total_steps=run.total_steps,
+            **fields,
+        )
 
     def end(self, status: str, **fields: Any) -> None:
         """Record how the run ended. When even that cannot be written (a full disk), the run still

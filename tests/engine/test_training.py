@@ -110,10 +110,18 @@ with torch.no_grad():
 
 def test_stop_saves_a_loadable_adapter_and_resume_continues_the_step_count(tiny_model_dir, records, runs_dir):
     run = lm.train(model=tiny_model_dir, data=records, steps=400, name="long")
+    heard = []  # each status a view hears of, with what run.json says at that moment
+    run.subscribe(
+        lambda event: (
+            event["type"] == "status"
+            and heard.append((event["status"], RunStore(runs_dir).read("long")["status"]))
+        )
+    )
     wait_for(lambda: run.step >= 3)
     run.stop()
     run.wait()
     assert run.status == "stopped" and 3 <= run.step < 400 and run.adapter_path
+    assert heard[-1] == ("stopped", "stopped") and all(a == b for a, b in heard)  # never ahead of run.json
     stopped_at = run.step
     checkpoint = RunStore(runs_dir).last_checkpoint("long")
     assert checkpoint.name == f"checkpoint-{stopped_at}"
