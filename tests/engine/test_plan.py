@@ -211,13 +211,18 @@ def test_the_tiny_models_estimate_is_within_a_third_of_its_measured_peak(wide_ti
 
 
 @pytest.mark.real_model
-@pytest.mark.parametrize("quantization", ["none", "8bit", "4bit"])
-def test_the_builtin_models_estimate_is_within_a_quarter_of_its_measured_peak(
-    builtin_model_dir, quantization
-):
-    estimate, measured = estimate_and_measurement(
-        model="smollm2-135m", quantization=quantization, batch_size=1, max_length=128
-    )
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"quantization": "8bit", "batch_size": 1, "max_length": 128},
+        {"quantization": "4bit", "batch_size": 1, "max_length": 128},
+        {"targets": "all-linear", "batch_size": 4, "max_length": 256},
+        {"targets": "all-linear", "batch_size": 4, "max_length": 256, "gradient_checkpointing": "on"},
+    ],
+    ids=["8bit", "4bit", "all-linear-4x256", "all-linear-4x256-checkpointing"],
+)
+def test_the_builtin_models_estimate_is_within_a_quarter_of_its_measured_peak(builtin_model_dir, settings):
+    estimate, measured = estimate_and_measurement(model="smollm2-135m", **settings)
     assert 0.75 < estimate / measured < 1.25, (
         f"estimate {estimate / GIB:.3f} GiB, measured {measured / GIB:.3f} GiB"
     )
