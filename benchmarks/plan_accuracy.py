@@ -24,7 +24,13 @@ CASES = [
     {"quantization": "none", "batch_size": 2, "max_length": 256, "targets": "all-linear"},
     {"quantization": "none", "batch_size": 2, "max_length": 256, "gradient_checkpointing": "on"},
     {"quantization": "none", "batch_size": 4, "max_length": 256, "targets": "all-linear"},
-    {"quantization": "none", "batch_size": 4, "max_length": 256, "targets": "all-linear", "gradient_checkpointing": "on"},
+    {
+        "quantization": "none",
+        "batch_size": 4,
+        "max_length": 256,
+        "targets": "all-linear",
+        "gradient_checkpointing": "on",
+    },
     {"quantization": "none", "batch_size": 4, "max_length": 512},
 ]
 SCRIPT = """

@@ -35,6 +35,9 @@ CPU_LOGITS_COPIES = 3
 # On a CPU the process's peak resident memory during a step runs this far above the activations
 # counted here: the C allocator keeps freed blocks, and the backward's temporaries come and go.
 CPU_ACTIVATION_FACTOR = 1.45
+# LoRA's dropout keeps a mask of its input for the backward pass: torch's is one byte an element; on
+# a CPU the trainer's CPUDropout (training/sft.py) multiplies by a float32 mask, four bytes.
+DROPOUT_MASK_BYTES = {"gpu": 1, "cpu": 4}
 # Memory a training step takes besides the tensors counted here: on a GPU the CUDA context and
 # library workspaces (outside torch's allocations); on a CPU the trainer's own.
 RUNTIME_GIB = {"gpu": 0.6, "cpu": 0.03}
@@ -211,7 +214,8 @@ def activation_bytes(shapes: Shapes, config: RunConfig, hardware: Hardware, on: 
     attention = (2 * shapes.query_width + 2 * shapes.key_value_width) * act + shapes.heads * 4
     mlp = (3 if shapes.gated_mlp else 2) * shapes.intermediate * act
     inputs = shapes.adapted_inputs_per_layer
-    lora = inputs * (act + 1) + shapes.adapted_per_layer * config.r * act
+    mask = DROPOUT_MASK_BYTES["gpu" if on.gpu else "cpu"] if config.dropout > 0 else 0
+    lora = inputs * (act + mask) + shapes.adapted_per_layer * config.r * act
     layer = tokens * (norms + attention + mlp + lora)
     kept = (
         shapes.layers * tokens * shapes.hidden * act + layer

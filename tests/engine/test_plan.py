@@ -211,18 +211,50 @@ def test_the_tiny_models_estimate_is_within_a_third_of_its_measured_peak(wide_ti
 
 
 @pytest.mark.real_model
-@pytest.mark.parametrize(
-    "settings",
-    [
-        {"quantization": "8bit", "batch_size": 1, "max_length": 128},
-        {"quantization": "4bit", "batch_size": 1, "max_length": 128},
-        {"targets": "all-linear", "batch_size": 4, "max_length": 256},
-        {"targets": "all-linear", "batch_size": 4, "max_length": 256, "gradient_checkpointing": "on"},
-    ],
-    ids=["8bit", "4bit", "all-linear-4x256", "all-linear-4x256-checkpointing"],
-)
-def test_the_builtin_models_estimate_is_within_a_quarter_of_its_measured_peak(builtin_model_dir, settings):
-    estimate, measured = estimate_and_measurement(model="smollm2-135m", **settings)
+@pytest.mark.parametrize("quantization", ["none", "8bit", "4bit"])
+def test_the_builtin_models_estimate_is_within_a_quarter_of_its_measured_peak(
+    builtin_model_dir, quantization
+):
+    estimate, measured = estimate_and_measurement(
+        model="smollm2-135m", quantization=quantization, batch_size=1, max_length=128
+    )
+    assert 0.75 < estimate / measured < 1.25, (
+        f"estimate {estimate / GIB:.3f} GiB, measured {measured / GIB:.3f} GiB"
+    )
+
+
+@pytest.fixture(scope="module")
+def smollm2_layers_dir(tmp_path_factory) -> str:
+    """Four random decoder layers of SmolLM2-135M's shape with the tiny model's small vocabulary:
+    the layers' activations are most of its memory, and a step of 4 x 256 tokens takes seconds."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lora_magic.model.tiny import tiny_tokenizer
+
+    folder = tmp_path_factory.mktemp("smollm2-layers")
+    tokenizer = tiny_tokenizer()
+    shape = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=4,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    LlamaForCausalLM(shape).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def test_all_linear_layers_at_batch_4_by_256_are_estimated_within_a_quarter(smollm2_layers_dir):
+    """Every linear layer adapted, each with its dropout's mask (float32 on a CPU)."""
+    estimate, measured = estimate_and_measurement(
+        model=smollm2_layers_dir, targets="all-linear", batch_size=4, max_length=256
+    )
     assert 0.75 < estimate / measured < 1.25, (
         f"estimate {estimate / GIB:.3f} GiB, measured {measured / GIB:.3f} GiB"
     )
