@@ -11,6 +11,8 @@ export { ACTIVE_STATUSES };
 
 /** Pages of events read per run and refresh; a long history is caught up over a few refreshes. */
 export const PAGES_PER_REFRESH = 20;
+/** Runs listed at first, and added by each "show older runs". */
+export const RUNS_PAGE = 200;
 
 export interface IRunSummary {
   name: string;
@@ -213,6 +215,17 @@ export class RunsModel {
     return this._root;
   }
 
+  /** Whether the store holds older runs than those listed. */
+  get more(): boolean {
+    return this._more;
+  }
+
+  /** Lists the next page of older runs too, from now on. */
+  async showMore(): Promise<void> {
+    this._wanted += RUNS_PAGE;
+    await this.refresh();
+  }
+
   /** The message of the last failed refresh, or null. */
   get error(): string | null {
     return this._error;
@@ -229,9 +242,9 @@ export class RunsModel {
   /** Lists the runs, then reads new events of those that are new, active or changed. */
   async refresh(): Promise<void> {
     try {
-      const listing = await this._transport('runs');
+      const listing = await this._list();
       const seen = new Set<string>();
-      for (const summary of listing.runs as IRunSummary[]) {
+      for (const summary of listing.runs) {
         seen.add(summary.name);
         let known = this._views.get(summary.name);
         if (known && known.summary.created !== summary.created) {
@@ -257,8 +270,9 @@ export class RunsModel {
           this._views.delete(name);
         }
       }
-      this._names = (listing.runs as IRunSummary[]).map(summary => summary.name);
-      this._root = listing.root ?? '';
+      this._names = listing.runs.map(summary => summary.name);
+      this._root = listing.root;
+      this._more = listing.more;
       this._error = null;
     } catch (error) {
       this._error = error instanceof Error ? error.message : String(error);
@@ -307,6 +321,21 @@ export class RunsModel {
     Signal.clearData(this);
   }
 
+  /** The newest runs, as many as are wanted, a page of the server's listing (at most 1000) at a time. */
+  private async _list(): Promise<{ root: string; runs: IRunSummary[]; more: boolean }> {
+    const runs: IRunSummary[] = [];
+    let root = '';
+    let after: string | null = null;
+    do {
+      const from = after === null ? '' : `&after=${encodeURIComponent(after)}`;
+      const page = await this._transport(`runs?limit=${this._wanted - runs.length}${from}`);
+      root = page.root ?? '';
+      runs.push(...(page.runs as IRunSummary[]));
+      after = page.next ?? null;
+    } while (after !== null && runs.length < this._wanted);
+    return { root, runs, more: after !== null };
+  }
+
   private async _readEvents(view: IRunView): Promise<void> {
     const name = view.summary.name;
     this._behind.delete(name);
@@ -325,6 +354,8 @@ export class RunsModel {
   private _views = new Map<string, IRunView>();
   private _names: string[] = [];
   private _root = '';
+  private _wanted = RUNS_PAGE;
+  private _more = false;
   private _error: string | null = null;
   private _behind = new Set<string>();
   private _disposed = false;

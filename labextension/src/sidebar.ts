@@ -2,7 +2,17 @@ import { Widget } from '@lumino/widgets';
 
 import { sparklineSvg } from './chart';
 import { Selection } from './compare';
-import { eta, formatDuration, formatLoss, isActive, IRunView, progress, RunsModel, shortPath } from './model';
+import {
+  eta,
+  formatDuration,
+  formatLoss,
+  isActive,
+  IRunView,
+  progress,
+  RunsModel,
+  RUNS_PAGE,
+  shortPath
+} from './model';
 
 export interface ISidebarActions {
   open(name: string): void;
@@ -114,6 +124,9 @@ export class RunsSidebar extends Widget {
       'No runs yet. Start one from a notebook (lm.train(...) or %finetune), or open the ' +
       'launcher’s “New LoRA fine-tuning notebook”.';
     this._list = element('ul', 'lm-RunsSidebar-list', this.node);
+    this._older = element('button', 'jp-mod-styled lm-RunsSidebar-older', this.node);
+    this._older.textContent = `Show ${RUNS_PAGE} older runs`;
+    this._older.onclick = () => void model.showMore();
     model.changed.connect(this._render, this);
     this._render();
   }
@@ -125,6 +138,7 @@ export class RunsSidebar extends Widget {
     this._error.textContent = this._model.error ?? '';
     this._error.hidden = !this._model.error;
     this._empty.hidden = runs.length > 0 || !!this._model.error;
+    this._older.hidden = !this._model.more;
 
     const wanted = new Set(runs.map(view => view.summary.name));
     const comparable = runs.filter(view => view.summary.status !== 'unreadable');
@@ -169,4 +183,5 @@ export class RunsSidebar extends Widget {
   private _error: HTMLDivElement;
   private _empty: HTMLParagraphElement;
   private _list: HTMLUListElement;
+  private _older: HTMLButtonElement;
 }

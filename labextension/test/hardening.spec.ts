@@ -9,7 +9,7 @@ function pagedServer(events: IRunEvent[], limit: number): { transport: Transport
   const lines = events.map(e => JSON.stringify(e) + '\n');
   const transport: Transport = async path => {
     requests.push(path);
-    if (path === 'runs') {
+    if (path.startsWith('runs?')) {
       return { root: '/store', runs: [{ name: 'long', status: 'completed', updated: 1 }] };
     }
     const offset = Number(path.match(/offset=(\d+)/)![1]);

@@ -12,6 +12,7 @@ import {
   pollDelay,
   progress,
   RunsModel,
+  RUNS_PAGE,
   shortPath,
   Transport
 } from '../src/model';
@@ -33,8 +34,18 @@ class FakeServer {
 
   transport: Transport = async (path, init) => {
     this.requests.push(`${init?.method ?? 'GET'} ${path}`);
-    if (path === 'runs') {
-      return { root: '/store', runs: [...this.runs.values()].map(r => ({ ...r.summary })) };
+    const listing = path.match(/^runs\?limit=(\d+)(?:&after=([^&]+))?$/);
+    if (listing) {
+      // newest first, as the server pages them: up to `limit` runs after the run named `after`
+      const names = [...this.runs.keys()];
+      const start = listing[2] ? names.indexOf(decodeURIComponent(listing[2])) + 1 : 0;
+      const shown = names.slice(start, start + Math.min(Number(listing[1]), 1000));
+      const more = start + shown.length < names.length;
+      return {
+        root: '/store',
+        runs: shown.map(name => ({ ...this.runs.get(name)!.summary })),
+        next: more ? shown[shown.length - 1] : null
+      };
     }
     const match = path.match(/^runs\/([^/?]+)(?:\/(events|stop))?(?:\?offset=(\d+))?$/);
     const run = match && this.runs.get(decodeURIComponent(match[1]));
@@ -248,9 +259,32 @@ describe('RunsModel', () => {
     expect(model.get('my run')!.stopping).toBe(false);
   });
 
+  it('lists the newest runs a page at a time and older ones when asked', async () => {
+    const server = new FakeServer();
+    for (let n = 1099; n >= 0; n--) {
+      server.add({ name: `run-${n}`, status: 'completed', updated: n });
+    }
+    const model = new RunsModel(server.transport);
+    await model.refresh();
+    expect(model.runs).toHaveLength(RUNS_PAGE);
+
+    expect(model.runs[0].summary.name).toBe('run-1099');
+    expect(model.more).toBe(true);
+
+    await model.showMore();
+    expect(model.runs).toHaveLength(2 * RUNS_PAGE);
+    expect(server.requests).toContain('GET runs?limit=400');
+    for (let click = 0; click < 4; click++) {
+      await model.showMore(); // past the server's 1000 a reply: a second page after the 1000th run
+    }
+    expect(model.runs.map(v => v.summary.name)).toEqual([...server.runs.keys()]);
+    expect(model.more).toBe(false);
+    expect(server.requests).toContain('GET runs?limit=200&after=run-100');
+  });
+
   it('clears the stopping mark when the stop request fails', async () => {
     const model = new RunsModel(async path => {
-      if (path === 'runs') {
+      if (path.startsWith('runs?')) {
         return { root: '', runs: [{ name: 'a', status: 'running' }] };
       }
       if (path.endsWith('/stop')) {

@@ -255,8 +255,23 @@ class RunStore:
 
     def list(self) -> list[dict[str, Any]]:
         """Every run, newest first; unreadable ones included as such, removed ones left out."""
+        return self._summaries(self.names())
+
+    def page(self, limit: int, after: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """Up to `limit` runs, newest first, from the one after run `after` (None: the newest), and
+        the name to ask for the next page after (None when there is none). Only the page's run.json
+        files are read, so the first page of a store of 100,000 runs costs a listing of its folder."""
+        names = self.names()
+        if after is not None and after not in names:
+            raise RunError(f"no run named {after!r} in {self.root}: ask for a page after a run that is listed")
+        start = names.index(after) + 1 if after is not None else 0
+        shown = names[start : start + limit]
+        more = start + limit < len(names)
+        return self._summaries(shown), shown[-1] if more and shown else None
+
+    def _summaries(self, names: list[str]) -> list[dict[str, Any]]:
         runs = []
-        for name in self.names():
+        for name in names:
             with contextlib.suppress(RunError):  # removed while listing
                 runs.append(self.summary(name))
         return runs

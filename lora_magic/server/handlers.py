@@ -1,6 +1,8 @@
 """REST handlers under `<base_url>/lora-magic/`. All need an authenticated user; POST needs XSRF too.
 
-GET  runs                      summaries of every run, newest first (an unreadable run says why)
+GET  runs?limit=200&after=<run>
+                               a page of run summaries, newest first (an unreadable run says why),
+                               and `next`: the run to ask for the next page after, or null
 GET  runs/<name>               run.json: config, status, progress, metrics
 GET  runs/<name>/events?offset=0&limit=1000
                                a page of events from a byte offset, the offset of the next page,
@@ -47,6 +49,8 @@ SUMMARY_KEYS = (
 NAME = r"(?P<name>[^/]+)"
 PAGE = 1000  # events per page unless the client asks for fewer or more
 MAX_PAGE = 10_000
+RUNS_PAGE = 200  # runs per page of the listing, newest first
+MAX_RUNS_PAGE = 1000
 
 
 def to_json(data: Any) -> str:
@@ -98,9 +102,18 @@ class RunsHandler(LoraHandler):
     @tornado.web.authenticated
     @authorized
     async def get(self):
-        records = await asyncio.to_thread(self.store.list)
+        limit = min(self.whole_number("limit", RUNS_PAGE, least=1), MAX_RUNS_PAGE)
+        after = self.get_query_argument("after", None)
+        try:
+            self.finish(await asyncio.to_thread(self._page, limit, after))
+        except RunError as error:
+            raise tornado.web.HTTPError(400, str(error)) from None
+
+    def _page(self, limit: int, after: str | None) -> str:
+        """The page as JSON, read and encoded off the event loop."""
+        records, next_after = self.store.page(limit, after)
         runs = [{key: record.get(key) for key in SUMMARY_KEYS} for record in records]
-        self.finish(to_json({"root": str(self.store.root), "runs": runs}))
+        return to_json({"root": str(self.store.root), "runs": runs, "next": next_after})
 
 
 class RunHandler(LoraHandler):
@@ -112,7 +125,7 @@ class RunHandler(LoraHandler):
             record = await asyncio.to_thread(self.store.summary, name)
         except RunError as error:  # removed between the check and the read
             raise tornado.web.HTTPError(404, str(error)) from None
-        self.finish(to_json(record))
+        self.finish(await asyncio.to_thread(to_json, record))
 
 
 class EventsHandler(LoraHandler):
@@ -133,10 +146,10 @@ class EventsHandler(LoraHandler):
 class StopHandler(LoraHandler):
     @tornado.web.authenticated
     @authorized
-    def post(self, name: str):
+    async def post(self, name: str):
         name = self.checked_run(name)
         try:
-            self.store.request_stop(name)
+            await asyncio.to_thread(self.store.request_stop, name)
         except RunError as error:
             raise tornado.web.HTTPError(409, str(error)) from None
         self.set_status(202)

@@ -1,5 +1,6 @@
 """JupyterLab in headless Chromium: a run started from a notebook shows in the LoRA runs sidebar and the
-status bar with advancing progress, opens into its chart, and stops from the sidebar's Stop button.
+status bar with advancing progress, opens into its chart, and stops from the sidebar's Stop button;
+a store of more runs than a page lists the newest, with their warnings, and the older on request.
 
 Needs the package installed with its extensions (`pip install -e .`) and Debian's chromium.
 Screenshots go to test-artifacts/lab-*.png.
@@ -17,9 +18,12 @@ import pytest
 from jupyterlab_session import ARTIFACTS, chromium, jupyterlab
 from nbformat.v4 import new_code_cell, new_notebook
 
+from lora_magic.core.store import RunStore
+
 RUN = "lab-run"
 STEPS = 20000  # far more than the test waits for: the run ends by the sidebar's Stop
 PROBE = "Describe the red lamp."
+RUNS_PAGE = 200  # runs the sidebar lists at first and adds on "Show 200 older runs"
 
 pytestmark = [pytest.mark.browser, pytest.mark.real_model]
 
@@ -132,6 +136,25 @@ def test_sidebar_follows_and_stops_a_run_started_from_a_notebook(lab, page, tiny
     assert first < record["step"] < STEPS
     expect(detail).to_have_attribute("data-status", "stopped")
     page.screenshot(path=ARTIFACTS / "lab-5-run-stopped.png")
+
+    # More runs than a page, one of them diverging: the newest 200 are listed, with the warning,
+    # and the older ones when asked.
+    store = RunStore(lab.root / "lora_runs")
+    for number in range(RUNS_PAGE):
+        warning = "diverging: the training loss (smoothed) is 3x its lowest" if number == 7 else None
+        store.create(f"later-{number:03d}", {"status": "completed", "created": time.time(), "warning": warning})
+    runs = sidebar.locator("li.lm-RunItem")
+    expect(runs).to_have_count(RUNS_PAGE, timeout=30_000)
+    expect(item).to_have_count(0)
+    diverging = sidebar.locator('li.lm-RunItem[data-run="later-007"] .lm-RunItem-warning')
+    expect(diverging).to_have_text("⚠ diverging: the training loss (smoothed) is 3x its lowest")
+    expect(sidebar.locator(".lm-RunItem-warning:visible")).to_have_count(1)
+    older = sidebar.locator(".lm-RunsSidebar-older")
+    expect(older).to_have_text(f"Show {RUNS_PAGE} older runs")
+    older.click()
+    expect(runs).to_have_count(RUNS_PAGE + 1)
+    expect(item).to_have_attribute("data-status", "stopped")
+    expect(older).to_be_hidden()
 
     # The launcher's entry opens the ready notebook template.
     page.keyboard.press("Control+Shift+L")

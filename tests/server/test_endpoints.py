@@ -169,3 +169,20 @@ async def test_the_listing_carries_a_diverging_runs_warning(jp_fetch, store):
     runs = {run["name"]: run for run in (await get_json(jp_fetch, "runs"))["runs"]}
 
     assert runs["hot"]["warning"].startswith("diverging: eval loss 5.0") and runs["calm"]["warning"] is None
+
+
+async def test_the_listing_comes_in_pages_newest_first_that_join_up(jp_fetch, store, runs_dir):
+    for number in range(250):
+        make_run(store, f"run-{number:03d}")
+        os.utime(runs_dir / f"run-{number:03d}" / "run.json", (number, number))
+
+    first = await get_json(jp_fetch, "runs")
+    assert len(first["runs"]) == 200 and first["runs"][0]["name"] == "run-249" and first["next"] == "run-050"
+    rest = await get_json(jp_fetch, "runs", after=first["next"], limit="100")
+    assert [run["name"] for run in rest["runs"]] == [f"run-{n:03d}" for n in range(49, -1, -1)]
+    assert rest["next"] is None
+    small = await get_json(jp_fetch, "runs", limit="10")
+    assert len(small["runs"]) == 10 and small["next"] == "run-240"
+    assert await status_of(jp_fetch, "runs", after="no-such-run") == 400
+    assert await status_of(jp_fetch, "runs", limit="0") == 400
+    assert len((await get_json(jp_fetch, "runs", limit="5000"))["runs"]) == 250  # at most 1000 a page
