@@ -90,14 +90,16 @@ def test_qlora_4bit_learns_the_format_as_fast_as_float32(tuned):
     assert all(ends_with_terminator(a[run.name]) for a in answers), answers
 
 
-@pytest.mark.xdist_group("real-model-default-learning-rate")  # its run is its own: another worker's
-def test_with_the_default_learning_rate_the_model_learns(tuned):
-    """The defaults (lr 2e-4, no warm-up) on the default float32 base: on a 2-core AMD EPYC the eval
-    loss went 3.46 -> 1.73 (4-bit: 3.65 -> 1.81, 8-bit: 3.47 -> 1.75; that 4-bit keeps up with
-    float32 is checked above, at lr 1e-3)."""
-    run = tuned("none", 2e-4)
-    assert run.status == "completed", run.error
-    assert run.eval_losses[-1][1] < 0.7 * run.eval_losses[0][1], run.eval_losses
+@pytest.mark.xdist_group("real-model-default-learning-rate")  # its runs are its own: another worker's
+def test_with_the_default_learning_rate_4bit_learns_as_fast_as_float32(tuned):
+    """The defaults (lr 2e-4, no warm-up): on a 2-core AMD EPYC the eval loss went 3.46 -> 1.73 in
+    float32 and 3.65 -> 1.81 in 4-bit (8-bit: 3.47 -> 1.75)."""
+    full_precision, quantized = tuned("none", 2e-4), tuned("4bit", 2e-4)
+    for run in (full_precision, quantized):
+        assert run.status == "completed", run.error
+        assert run.eval_losses[-1][1] < 0.7 * run.eval_losses[0][1], run.eval_losses
+    final = full_precision.eval_losses[-1][1]
+    assert abs(quantized.eval_losses[-1][1] - final) <= 0.1 * final, (quantized.eval_losses, final)
 
 
 def test_evaluation_scores_the_tuned_model_above_the_base_on_held_out_products(tuned):
