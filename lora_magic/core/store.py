@@ -23,6 +23,7 @@ import os
 import secrets
 import shutil
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -201,11 +202,25 @@ class RunStore:
         if not self.root.is_dir():
             return []
         found = {}
-        for folder in self.root.iterdir():
-            with contextlib.suppress(OSError, RunError):  # removed meanwhile, or a symlink out of the store
-                if RUN_NAME.fullmatch(folder.name) and self.exists(folder.name):
-                    found[folder.name] = (folder / "run.json").stat().st_mtime
-        return sorted(found, key=found.__getitem__, reverse=True)
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError, RunError):  # removed meanwhile, or a symlink out of the store
+                    if RUN_NAME.fullmatch(entry.name):
+                        found[entry.name] = self._updated(entry)
+        return sorted((name for name in found if found[name] is not None), key=found.__getitem__, reverse=True)
+
+    def _updated(self, entry: os.DirEntry) -> float | None:
+        """When the run in folder `entry` last changed (its run.json's mtime); None if it is no run.
+        A plain folder holding a plain run.json is read with one stat (a listing of 100,000 runs
+        stats each); links are followed only as far as `file` allows."""
+        if entry.is_dir(follow_symlinks=False):
+            with contextlib.suppress(FileNotFoundError):
+                record = os.stat(os.path.join(entry.path, "run.json"), follow_symlinks=False)
+                if stat.S_ISREG(record.st_mode):
+                    return record.st_mtime
+        if not self.exists(entry.name):
+            return None
+        return self.file(entry.name, "run.json").stat().st_mtime
 
     def read(self, name: str) -> dict[str, Any]:
         """run.json of `name`. A run whose process is gone is reported as 'interrupted'.
