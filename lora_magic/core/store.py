@@ -204,10 +204,14 @@ class RunStore:
         found = {}
         with os.scandir(self.root) as entries:
             for entry in entries:
-                with contextlib.suppress(OSError, RunError):  # removed meanwhile, or a symlink out of the store
+                with contextlib.suppress(
+                    OSError, RunError
+                ):  # removed meanwhile, or a symlink out of the store
                     if RUN_NAME.fullmatch(entry.name):
                         found[entry.name] = self._updated(entry)
-        return sorted((name for name in found if found[name] is not None), key=found.__getitem__, reverse=True)
+        return sorted(
+            (name for name in found if found[name] is not None), key=found.__getitem__, reverse=True
+        )
 
     def _updated(self, entry: os.DirEntry) -> float | None:
         """When the run in folder `entry` last changed (its run.json's mtime); None if it is no run.
@@ -278,7 +282,9 @@ class RunStore:
         files are read, so the first page of a store of 100,000 runs costs a listing of its folder."""
         names = self.names()
         if after is not None and after not in names:
-            raise RunError(f"no run named {after!r} in {self.root}: ask for a page after a run that is listed")
+            raise RunError(
+                f"no run named {after!r} in {self.root}: ask for a page after a run that is listed"
+            )
         start = names.index(after) + 1 if after is not None else 0
         shown = names[start : start + limit]
         more = start + limit < len(names)

@@ -142,7 +142,9 @@ def test_sidebar_follows_and_stops_a_run_started_from_a_notebook(lab, page, tiny
     store = RunStore(lab.root / "lora_runs")
     for number in range(RUNS_PAGE):
         warning = "diverging: the training loss (smoothed) is 3x its lowest" if number == 7 else None
-        store.create(f"later-{number:03d}", {"status": "completed", "created": time.time(), "warning": warning})
+        store.create(
+            f"later-{number:03d}", {"status": "completed", "created": time.time(), "warning": warning}
+        )
     runs = sidebar.locator("li.lm-RunItem")
     expect(runs).to_have_count(RUNS_PAGE, timeout=30_000)
     expect(item).to_have_count(0)
