@@ -15,6 +15,7 @@ from .compare import ComparePanel
 from .dashboard import Dashboard
 from .form import ConfigForm
 from .frontend import use_widgets
+from .loss_chart import LossChart
 from .loss_plot import LossPlot, Throttle
 from .static import Shown
 from .sweep import SweepView, watch_sweep
@@ -26,6 +27,7 @@ __all__ = [
     "ComparePanel",
     "ConfigForm",
     "Dashboard",
+    "LossChart",
     "LossPlot",
     "Shown",
     "SweepView",
