@@ -16,7 +16,7 @@ from .dashboard import Dashboard
 from .form import ConfigForm
 from .frontend import use_widgets
 from .loss_chart import LossChart
-from .loss_plot import LossPlot, Throttle
+from .loss_plot import LossPlot
 from .static import Shown
 from .sweep import SweepView, watch_sweep
 from .text_progress import TextProgress
@@ -32,7 +32,6 @@ __all__ = [
     "Shown",
     "SweepView",
     "TextProgress",
-    "Throttle",
     "use_widgets",
     "watch",
     "watch_sweep",
