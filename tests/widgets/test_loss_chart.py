@@ -5,9 +5,11 @@ from __future__ import annotations
 import itertools
 import time
 
+import pytest
+
 from lora_magic.core.results import smooth
 from lora_magic.widgets import LossChart, LossPlot
-from lora_magic.widgets.loss_chart import downsample
+from lora_magic.widgets.loss_chart import Buckets
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SYNCED = {"train", "smoothed", "evals", "references"}
@@ -57,13 +59,25 @@ def test_long_curves_are_bucket_means_bounded_in_size_and_end_at_the_last_point(
     for step in range(1, 2002):
         chart.add(log(step, 3.0 - step / 1000))
     chart.flush()
-    assert len(chart.train) == len(chart.smoothed) == 500
+    assert 250 <= len(chart.train) == len(chart.smoothed) <= 500
     assert chart.train[-1] == [2001, 3.0 - 2001 / 1000]  # the newest loss, not an average
-    assert chart.train[0] == [2.5, 3.0 - 2.5 / 1000]  # the mean of steps 1 to 4
+    assert chart.train[0] == [4.5, pytest.approx(3.0 - 4.5 / 1000)]  # the mean of steps 1 to 8
     steps = [step for step, _ in chart.train]
     assert steps == sorted(steps)
-    points = [(1, 2.0), (2, float("nan")), (3, float("inf"))]
-    assert downsample(points, 10) == [[1, 2.0], [2, None], [3, None]]  # JSON has no NaN: a gap
+    assert chart.smoothed[-1] == smooth([3.0 - step / 1000 for step in range(1, 2002)])[-1]
+
+
+def test_buckets_double_in_length_and_keep_the_newest_point():
+    points = Buckets(limit=4)
+    for step in range(1, 11):
+        points.add((step, 2.0 * step))
+        assert len(points.points()) <= 4
+    # runs of 4, 4 and 2 points (1-4, 5-8, 9-10), then step 10 itself
+    assert points.points() == [[2.5, 5.0], [6.5, 13.0], [9.5, 19.0], [10, 20.0]]
+    gaps = Buckets(limit=10)
+    for point in [(1, 2.0), (2, float("nan")), (3, float("inf"))]:
+        gaps.add(point)
+    assert gaps.points() == [[1, 2.0], [2, None], [3, None]]  # JSON has no NaN: a gap
 
 
 def test_updates_are_at_most_one_per_interval_and_the_last_one_always_arrives():
