@@ -1,4 +1,4 @@
-"""The live training dashboard shown by `%%finetune`: progress, loss plot, controls, probes, summary.
+"""The live training dashboard shown by `%%finetune`: progress, loss chart, controls, probes, summary.
 
 `handle(event)` only sets widget traits, so it may be called from the main thread (foreground
 pumping) or from the run's worker thread (background). The loss chart sends its points to the
