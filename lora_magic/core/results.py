@@ -68,8 +68,18 @@ def loss_before_training(evals: Curve) -> float | None:
 
 def smooth(values: list[float], smoothing: float = SMOOTHING) -> list[float]:
     """Exponential moving average, debiased so the first points aren't pulled towards zero."""
-    out, average = [], 0.0
-    for i, value in enumerate(values, 1):
-        average = smoothing * average + (1 - smoothing) * value
-        out.append(average / (1 - smoothing**i))
-    return out
+    average = MovingAverage(smoothing)
+    return [average.add(value) for value in values]
+
+
+class MovingAverage:
+    """`smooth` one value at a time, for a curve that grows (the live chart, the trainer's watch)."""
+
+    def __init__(self, smoothing: float = SMOOTHING):
+        self.smoothing, self.average, self.count = smoothing, 0.0, 0
+
+    def add(self, value: float) -> float:
+        """Take the next value; the smoothed value at it."""
+        self.count += 1
+        self.average = self.smoothing * self.average + (1 - self.smoothing) * value
+        return self.average / (1 - self.smoothing**self.count)

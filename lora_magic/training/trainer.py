@@ -48,7 +48,7 @@ from ..core.events import (
     ProbeEvent,
 )
 from ..core.hardware import Machine
-from ..core.results import SMOOTHING, loss_before_training
+from ..core.results import MovingAverage, loss_before_training
 from ..core.store import COMPLETE_MARK, no_space, write_text_atomic
 from ..data.prepare import Prepared
 from ..data.templates import prompt_for
@@ -468,19 +468,17 @@ class Smoothed:
     the sign of a run diverging even where no evaluation comes between (a default short run)."""
 
     def __init__(self) -> None:
-        self.average, self.count = 0.0, 0
+        self.average = MovingAverage()
         self.now: tuple[float, int] = (math.inf, 0)
         self.lowest: tuple[float, int] = (math.inf, 0)
 
     def add(self, step: int, loss: float) -> bool:
         """Take a step's loss; True when the smoothed loss has risen as a diverging run's does."""
-        self.count += 1
-        self.average = SMOOTHING * self.average + (1 - SMOOTHING) * loss
-        self.now = (self.average / (1 - SMOOTHING**self.count), step)
+        self.now = (self.average.add(loss), step)
         self.lowest = min(self.lowest, self.now)
         risen, lowest = self.now[0], self.lowest[0]
         return (
-            self.count >= SMOOTHED_STEPS
+            self.average.count >= SMOOTHED_STEPS
             and risen > DIVERGENCE_RISE * lowest
             and risen - lowest > SMOOTHED_MARGIN
         )

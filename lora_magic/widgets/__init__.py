@@ -15,7 +15,8 @@ from .compare import ComparePanel
 from .dashboard import Dashboard
 from .form import ConfigForm
 from .frontend import use_widgets
-from .loss_plot import LossPlot, Throttle
+from .loss_chart import LossChart
+from .loss_plot import LossPlot
 from .static import Shown
 from .sweep import SweepView, watch_sweep
 from .text_progress import TextProgress
@@ -26,11 +27,11 @@ __all__ = [
     "ComparePanel",
     "ConfigForm",
     "Dashboard",
+    "LossChart",
     "LossPlot",
     "Shown",
     "SweepView",
     "TextProgress",
-    "Throttle",
     "use_widgets",
     "watch",
     "watch_sweep",

@@ -1,14 +1,13 @@
-"""The live training dashboard shown by `%%finetune`: progress, loss plot, controls, probes, summary.
+"""The live training dashboard shown by `%%finetune`: progress, loss chart, controls, probes, summary.
 
 `handle(event)` only sets widget traits, so it may be called from the main thread (foreground
-pumping) or from the run's worker thread (background). The plot is redrawn at most as often as
-its Throttle allows; `refresh()` draws a pending update when it is due.
+pumping) or from the run's worker thread (background). The loss chart sends its points to the
+browser, which draws them (loss_chart.py).
 """
 
 from __future__ import annotations
 
 import html
-import threading
 
 import ipywidgets as w
 
@@ -32,7 +31,7 @@ from ..core.record import describe_cleaning, describe_estimate
 from ..training.run import Run
 from . import summary
 from .frontend import route_to_subshell
-from .loss_plot import LossPlot, Throttle
+from .loss_chart import LossChart
 
 # on each cell, as JupyterLab right-aligns the cells of HTML tables (a saved notebook's picture)
 CELL = "vertical-align:top;text-align:left"
@@ -40,13 +39,9 @@ BAR_STYLES = {COMPLETED: "success", STOPPED: "warning", FAILED: "danger", INTERR
 
 
 class Dashboard:
-    def __init__(self, run: Run, budget: float = 0.01):
+    def __init__(self, run: Run):
         self.run = run
-        self.plot = LossPlot()
-        self.throttle = Throttle(budget)
-        self.pending = False  # the plot has data that isn't drawn yet
-        self._drawing = threading.RLock()
-        self._timer: threading.Timer | None = None  # draws a pending update when it falls due
+        self.chart = LossChart()
         self.probe_answers: dict[str, dict] = {}
         self.state, self.line, self.eval_line = run.status, "", ""
         self.last_log: dict | None = None
@@ -55,7 +50,6 @@ class Dashboard:
             value=0, min=0, max=max(run.total_steps, 1), bar_style="info", layout=w.Layout(flex="1")
         )
         self.stats = w.HTML()
-        self.image = w.Image(format="png", layout=w.Layout(max_width="640px"))
         self.stop_button = w.Button(
             description="Stop",
             icon="stop",
@@ -84,7 +78,7 @@ class Dashboard:
                 w.HBox([self.progress, self.stop_button, self.pause_button]),
                 self.stats,
                 w.HBox([self.warning, self.rollback_button]),
-                self.image,
+                self.chart,
                 self.probes,
                 self.summary,
             ],
@@ -129,8 +123,7 @@ class Dashboard:
     # -- events --------------------------------------------------------------------------------
     def handle(self, event: dict) -> None:
         kind = event["type"]
-        if self.plot.add(event):
-            self.pending = True
+        self.chart.add(event)
         if self.run.trainable_params and "trainable" not in self.header.value:
             self._render_header()
         if kind == LOG:
@@ -154,32 +147,11 @@ class Dashboard:
             )
             self.rollback_button.layout.display = "none"
         self._render_stats()
-        self.refresh(force=kind == STATUS and event["status"] in FINISHED)
-
-    def refresh(self, force: bool = False) -> None:
-        """Redraw the plot if it changed and the throttle (or `force`) allows; else draw it as soon
-        as it is due, even if no other event comes (slow steps), so it never lags far behind."""
-        with self._drawing:
-            if not self.pending:
-                return
-            if force or self.throttle.due():
-                self.throttle.run(self._draw)
-            elif self._timer is None:
-                self._timer = threading.Timer(self.throttle.wait(), self._when_due)
-                self._timer.daemon = True
-                self._timer.start()
-
-    def _when_due(self) -> None:
-        with self._drawing:
-            self._timer = None
-        self.refresh()
+        if kind == STATUS and event["status"] in FINISHED:
+            self.chart.flush()
 
     def finish(self) -> None:
-        self.refresh(force=True)
-
-    def _draw(self) -> None:
-        self.pending = False
-        self.image.value = self.plot.png()
+        self.chart.flush()
 
     # -- rendering -----------------------------------------------------------------------------
     def _render_header(self) -> None:

@@ -1,57 +1,19 @@
 """The loss plot: train, smoothed train and eval loss drawn to PNG with matplotlib's object API.
 
-pyplot is never used: it keeps global figures and picks a GUI backend, neither of which belongs in
-a training thread. Drawing is throttled by its own measured cost (see Throttle).
+It is drawn once a run has ended: the picture a saved notebook keeps of the live chart
+(loss_chart.py) and the text progress's final plot. pyplot is never used: it keeps global figures
+and picks a GUI backend, neither of which belongs in a kernel's threads.
 """
 
 from __future__ import annotations
 
 import io
-import time
-from collections.abc import Callable
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..core.events import EVAL, LOG, Curve, History
 from ..core.results import SMOOTHING, smooth
-
-
-class Throttle:
-    """Allows an action only as often as keeps its share of wall time under `budget`, but at least
-    every `max_interval` seconds, so what it draws is never far behind.
-
-    After an action that took `cost` seconds the next is due `cost / budget` seconds later (never
-    sooner than `min_interval`, never later than `max_interval`), so a 20 ms draw with a 1 % budget
-    happens at most every 2 s, and a slow one on a busy machine still every 10 s. The budget is
-    small because on a CPU the draw also takes a core from the training's threads.
-    """
-
-    def __init__(
-        self,
-        budget: float = 0.01,
-        min_interval: float = 0.5,
-        max_interval: float = 10.0,
-        clock: Callable[[], float] = time.perf_counter,
-    ):
-        self.budget, self.clock = budget, clock
-        self.min_interval, self.max_interval = min_interval, max_interval
-        self.next_time = float("-inf")
-        self.spent = 0.0
-
-    def due(self) -> bool:
-        return self.clock() >= self.next_time
-
-    def wait(self) -> float:
-        """Seconds until the action is due (0 when it is)."""
-        return max(0.0, self.next_time - self.clock())
-
-    def run(self, action: Callable[[], object]) -> None:
-        start = self.clock()
-        action()
-        end = self.clock()
-        self.spent += end - start
-        self.next_time = end + min(self.max_interval, max(self.min_interval, (end - start) / self.budget))
 
 
 class LossPlot:

@@ -10,8 +10,9 @@ is what ipywidgets itself sends (the widget view and a text fallback), so every 
 live widget exactly as before.
 
 The picture is drawn from the widget tree as it stands, so it always matches what was on screen:
-HTML and labels as they are, images inline, progress bars, text areas, boxes as rows or columns
-with their CSS classes; controls (buttons, sliders, inputs) and hidden widgets are left out.
+HTML and labels as they are, images inline, the loss chart as the PNG of its curves, progress bars,
+text areas, boxes as rows or columns with their CSS classes; controls (buttons, sliders, inputs)
+and hidden widgets are left out.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from typing import Any
 
 import ipywidgets as w
 from IPython.display import display, update_display
+
+from .loss_chart import LossChart
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 BAR_COLOURS = {
@@ -93,15 +96,21 @@ def _html(widget: w.Widget) -> str:
     if isinstance(widget, w.Label):
         return html.escape(widget.value)
     if isinstance(widget, w.Image):
-        if not widget.value:
-            return ""
-        data = base64.b64encode(widget.value).decode("ascii")
-        return f"<img src='data:image/{widget.format};base64,{data}' style='max-width:100%'>"
+        return _image(widget.value, widget.format)
+    if isinstance(widget, LossChart):  # drawn by the browser while live: drawn here once, as a PNG
+        return _image(widget.png(), "png")
     if isinstance(widget, w.IntProgress | w.FloatProgress):
         return _bar(widget)
     if type(widget) in (w.Textarea, w.Text) and widget.value.strip():
         return f"<div style='white-space:pre-wrap'><i>{html.escape(widget.value.strip())}</i></div>"
     return ""  # controls: buttons, sliders, choices, inputs
+
+
+def _image(value: bytes, kind: str) -> str:
+    if not value:
+        return ""
+    data = base64.b64encode(value).decode("ascii")
+    return f"<img src='data:image/{kind};base64,{data}' style='max-width:100%'>"
 
 
 def _bar(progress: w.Widget) -> str:

@@ -51,7 +51,7 @@ class SweepView:
             if name == run.name:
                 continue
             label = ", ".join(f"{k}={v}" for k, v in self.sweep.knobs(name).items())
-            self.dashboard.plot.add_reference(label, losses)
+            self.dashboard.chart.add_reference(label, losses)
         self.dashboard.bind_controls()
         self.current.children = (self.dashboard.widget,)
         self.show_header(run)

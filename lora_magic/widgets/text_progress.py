@@ -58,9 +58,6 @@ class TextProgress:
         self.run.stop()
         self.say("stopping after this step; the adapter will be saved")
 
-    def refresh(self, force: bool = False) -> None:
-        """Text is written as events come; nothing is pending."""
-
     def finish(self) -> None:
         for line in summary.final(self.run):
             self.say(line)

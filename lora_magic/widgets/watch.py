@@ -78,7 +78,6 @@ def pump(run: Run, view: Dashboard | TextProgress, poll: float = 0.25) -> None:
                 try:
                     event = events.get(timeout=poll)
                 except queue.Empty:
-                    view.refresh()
                     continue
                 if id(event) not in replayed:
                     view.handle(event)

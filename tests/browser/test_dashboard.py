@@ -1,5 +1,6 @@
-"""The widgets in a real JupyterLab: `%%finetune`'s dashboard advances, its loss plot redraws, its Stop
-button stops the busy cell's run with the adapter saved, and `%%compare` shows two columns of text.
+"""The widgets in a real JupyterLab: `%%finetune`'s dashboard advances, its loss chart gains points as
+the run goes on, its Stop button stops the busy cell's run with the adapter saved, the stopped
+dashboard leaves its picture with the plot, and `%%compare` shows two columns of text.
 
 Screenshots go to test-artifacts/widgets-*.png.
 """
@@ -43,6 +44,14 @@ def step_shown(dashboard) -> int:
     return int(found.group(1)) if found else 0
 
 
+def chart_steps(dashboard) -> tuple[int, float]:
+    """(the train points the chart draws, the last step among them); (0, 0) before it draws any."""
+    chart = dashboard.locator(".lora-magic-loss-chart svg")
+    if not chart.count():
+        return 0, 0
+    return int(chart.get_attribute("data-points")), float(chart.get_attribute("data-last-step"))
+
+
 def wait_until(condition, seconds: float, what: str) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
@@ -72,13 +81,14 @@ def test_dashboard_stop_and_compare_in_jupyterlab(tmp_path, tiny_model_dir, reco
             expect(dashboard).to_contain_text(RUN)
             wait_until(lambda: step_shown(dashboard) >= 2, 180, "the dashboard showed no progress")
             first_step = step_shown(dashboard)
-            image = dashboard.locator("img")
-            wait_until(lambda: image.get_attribute("src"), 60, "no loss plot was drawn")
-            first_image = image.get_attribute("src")
+            wait_until(lambda: chart_steps(dashboard)[0] >= 2, 60, "the loss chart drew no points")
+            points, last_step = chart_steps(dashboard)
             wait_until(lambda: step_shown(dashboard) > first_step + 2, 120, "the progress did not advance")
-            wait_until(
-                lambda: image.get_attribute("src") != first_image, 120, "the loss plot was not redrawn"
-            )
+            wait_until(lambda: chart_steps(dashboard)[1] > last_step, 120, "the loss chart did not advance")
+            assert chart_steps(dashboard)[0] >= points
+            # drawn in the browser from points: a line of them, and no picture sent from the kernel
+            assert dashboard.locator(".lora-magic-loss-chart polyline").count() >= 2
+            assert dashboard.locator("img").count() == 0
             expect(dashboard).to_contain_text("trainable")
             expect(dashboard.locator(".lora-magic-probes")).to_contain_text(PROBE)
             dashboard.scroll_into_view_if_needed()
@@ -90,6 +100,10 @@ def test_dashboard_stop_and_compare_in_jupyterlab(tmp_path, tiny_model_dir, reco
             record = json.loads((runs / RUN / "run.json").read_text())
             assert record["status"] == "stopped" and first_step < record["step"] < STEPS
             assert (runs / RUN / "adapter" / "adapter_config.json").is_file()
+            # once the cell is done, the output is the dashboard's picture, the plot a PNG in it
+            plot = page.locator(".lora-magic-static .lora-magic-dashboard img")
+            expect(plot).to_have_count(1, timeout=60_000)
+            assert plot.evaluate("image => image.complete && image.naturalWidth") > 300
             page.screenshot(path=ARTIFACTS / "widgets-2-dashboard-stopped.png")
 
             # The queued %%compare cell runs once the stopped %%finetune cell returns.

@@ -46,7 +46,7 @@ def test_a_resumed_run_followed_from_another_process_shows_one_curve(runs_dir):
 
     assert run.done and run.status == COMPLETED
     assert run.losses == ONE_CURVE
-    assert dashboard.plot.train == ONE_CURVE
+    assert dashboard.chart.train == [[step, loss] for step, loss in ONE_CURVE]
 
 
 def test_a_sweeps_reference_curves_leave_out_superseded_steps(runs_dir):

@@ -6,7 +6,7 @@ import base64
 
 import ipywidgets as w
 
-from lora_magic.widgets import LossPlot
+from lora_magic.widgets import LossChart, LossPlot
 from lora_magic.widgets.static import snapshot
 
 
@@ -14,12 +14,16 @@ def test_the_picture_shows_the_content_and_leaves_out_controls_and_hidden_widget
     plot = LossPlot()
     plot.add({"type": "log", "step": 1, "loss": 2.0})
     png = plot.png()
+    chart = LossChart()
+    chart.add({"type": "log", "step": 1, "loss": 3.0})
     hidden = w.HTML("secret", layout=w.Layout(display="none"))
     panel = w.VBox(
         [
             w.HTML("<b>run-1</b> · model"),
             w.HBox([w.IntProgress(value=3, max=4, bar_style="success"), w.Button(description="Stop")]),
             w.Image(value=png, format="png"),
+            chart,
+            LossChart(),  # no curves yet: no picture
             w.Textarea(value="the prompt"),
             w.HBox([w.VBox([w.HTML("<b>base</b>"), w.HTML("an answer")]), hidden]),
             w.FloatSlider(description="temperature"),
@@ -30,6 +34,9 @@ def test_the_picture_shows_the_content_and_leaves_out_controls_and_hidden_widget
     markup, text = snapshot(panel)
     assert markup.startswith("<div class='lora-magic-static'><div class='lora-magic-dashboard'>")
     assert f"src='data:image/png;base64,{base64.b64encode(png).decode()}'" in markup
+    # the chart, drawn by the browser while live, as the PNG of its curves
+    assert f"src='data:image/png;base64,{base64.b64encode(chart.png()).decode()}'" in markup
+    assert markup.count("<img") == 2
     assert "width:75%" in markup and "#4caf50" in markup  # the bar, 3 of 4, in the success colour
     assert "<i>the prompt</i>" in markup
     for left_out in ("Stop", "temperature", "secret", "not shown"):

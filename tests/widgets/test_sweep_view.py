@@ -20,8 +20,9 @@ def test_the_view_draws_the_finished_runs_behind_the_current_one_and_tabulates_t
     assert run.name == second.name
     dashboard = view.show_run(run)
     pump(run, dashboard)  # its events so far
-    labels = [line.get_label() for line in dashboard.plot.axes.get_lines()]
+    labels = [reference["label"] for reference in dashboard.chart.references]
     assert "r=2, dropout=0.0" in labels and "r=4, dropout=0.0" not in labels
+    assert [len(reference["points"]) for reference in dashboard.chart.references] == [2]  # its 2 steps
     assert "now run 2 of 2: r=4, dropout=0.0" in view.header.value
     picture, _ = snapshot(view.widget)
     assert "view-r_2-dropout_0-0" in picture and "view-r_4-dropout_0-0" in picture and "<img" in picture

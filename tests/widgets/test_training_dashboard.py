@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import _thread
+import itertools
 import re
 import signal
 import threading
+import time
 
 import pytest
 
@@ -13,7 +15,6 @@ import lora_magic
 from lora_magic.widgets import Dashboard, watch
 from lora_magic.widgets.watch import follow, pump
 
-PNG = b"\x89PNG\r\n\x1a\n"
 PROBE = "Describe the red lamp."
 
 
@@ -45,8 +46,8 @@ def test_foreground_dashboard_shows_the_whole_run(start):
     assert "eval loss" in dashboard.stats.value
     assert run.name in dashboard.header.value and "trainable" in dashboard.header.value
     assert f"{run.trainable_params:,}" in dashboard.header.value
-    assert bytes(dashboard.image.value).startswith(PNG)
-    assert dashboard.plot.train == run.losses
+    assert dashboard.chart.train == [[step, loss] for step, loss in run.losses]
+    assert dashboard.chart.evals == [[step, loss] for step, loss in run.eval_losses]
     assert PROBE in dashboard.probes.value and "step 4" in dashboard.probes.value
     assert str(run.adapter_path) in dashboard.summary.value
     assert dashboard.stop_button.disabled and dashboard.pause_button.disabled
@@ -122,14 +123,20 @@ def interrupt_while_watching(start) -> None:
     assert "stopped" in dashboard.summary.value
 
 
-def test_plot_drawing_stays_within_its_budget(start):
-    run = start(steps=12)
-    dashboard = Dashboard(run, budget=0.02)
+def test_the_chart_follows_each_step_within_a_second_and_is_sent_twice_a_second_at_most(start):
+    run = start(steps=30)
+    dashboard = Dashboard(run)
+    sent: list[tuple[float, int]] = []  # (when, the last step it carried)
+    dashboard.chart.observe(lambda change: sent.append((time.time(), change["new"][-1][0])), names=["train"])
     pump(run, dashboard)
-    elapsed = run.events[-1]["time"] - run.events[0]["time"]
-    one_draw = dashboard.throttle.spent / 2  # the first draw and the final forced one are unthrottled
-    assert dashboard.throttle.spent <= 0.02 * elapsed + 2 * one_draw
-    assert bytes(dashboard.image.value).startswith(PNG)
+    assert dashboard.chart.train == [[step, loss] for step, loss in run.losses]
+    gaps = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(sent[:-1])]
+    assert all(gap >= dashboard.chart.interval - 0.01 for gap in gaps)  # the last one is not held back
+    for event in (e for e in run.events if e["type"] == "log"):
+        arrived = next(when for when, step in sent if step >= event["step"])
+        assert arrived - event["time"] < 1.0, (
+            f"step {event['step']} was sent {arrived - event['time']:.2f} s late"
+        )
 
 
 def test_background_watch_returns_at_once_and_keeps_updating(start):
@@ -138,7 +145,7 @@ def test_background_watch_returns_at_once_and_keeps_updating(start):
     assert not run.done
     run.wait(60)
     assert dashboard.progress.value == 4 and dashboard.progress.bar_style == "success"
-    assert bytes(dashboard.image.value).startswith(PNG)
+    assert len(dashboard.chart.train) == 4
 
 
 def test_watching_a_finished_run_replays_its_events(start):
@@ -146,7 +153,7 @@ def test_watching_a_finished_run_replays_its_events(start):
     run.wait(60)
     dashboard = watch(run, widgets=True)
     assert dashboard.progress.value == 3 and "completed" in dashboard.summary.value
-    assert dashboard.plot.train == run.losses
+    assert dashboard.chart.train == [[step, loss] for step, loss in run.losses]
 
 
 def test_text_progress_without_a_widget_frontend(start, capsys):
