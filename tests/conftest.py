@@ -8,8 +8,8 @@ import pytest
 # scripts/test.sh runs the suite on two pytest-xdist workers (--dist loadgroup). Each test module
 # goes to one worker as a whole, so its module-scoped fixtures (trained runs) are made once; the
 # example notebooks go one by one. The longest work starts first (seconds from --durations on the
-# 2-core machine, one thread a worker: the built-in model's runs 520 and 420 in two groups that share
-# no run, data_efficiency 420, the hosted runtime 240, the other notebooks 120 to 200 each), so that
+# 2-core machine, one thread a worker: the built-in model's runs 480 and 420 in two groups that share
+# no run, data_efficiency 410, the hosted runtime 280, the other notebooks 90 to 220 each), so that
 # none of it is left to start last.
 LONGEST_FIRST = (
     "tests/engine/test_real_model.py",
