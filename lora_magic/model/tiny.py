@@ -45,21 +45,26 @@ def tiny_tokenizer() -> object:
     return tokenizer
 
 
-def tiny_llama(folder: str | Path, seed: int = 0, vocab_size: int | None = None) -> str:
+def tiny_llama(folder: str | Path, seed: int = 0, vocab_size: int | None = None, **shape: int) -> str:
     """Save a 2-layer, 64-wide random Llama and its tokenizer in `folder`; returns its path.
     `vocab_size`: the rows of its embedding and output head (default: the tokenizer's); a real
-    model's vocabulary (e.g. 49152) makes the vocabulary projection the bulk of its work."""
+    model's vocabulary (e.g. 49152) makes the vocabulary projection the bulk of its work.
+    `shape`: other sizes of LlamaConfig instead (hidden_size, num_hidden_layers, ...)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = tiny_tokenizer()
+    sizes = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        **shape,
+    }
     config = LlamaConfig(
         vocab_size=vocab_size or len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **sizes,
         max_position_embeddings=1024,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,

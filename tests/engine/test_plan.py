@@ -227,27 +227,16 @@ def test_the_builtin_models_estimate_is_within_a_quarter_of_its_measured_peak(
 def smollm2_layers_dir(tmp_path_factory) -> str:
     """Four random decoder layers of SmolLM2-135M's shape with the tiny model's small vocabulary:
     the layers' activations are most of its memory, and a step of 4 x 256 tokens takes seconds."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from lora_magic.model.tiny import tiny_llama
 
-    from lora_magic.model.tiny import tiny_tokenizer
-
-    folder = tmp_path_factory.mktemp("smollm2-layers")
-    tokenizer = tiny_tokenizer()
-    shape = LlamaConfig(
-        vocab_size=len(tokenizer),
+    return tiny_llama(
+        tmp_path_factory.mktemp("smollm2-layers"),
         hidden_size=576,
         intermediate_size=1536,
         num_hidden_layers=4,
         num_attention_heads=9,
         num_key_value_heads=3,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
     )
-    LlamaForCausalLM(shape).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 def test_all_linear_layers_at_batch_4_by_256_are_estimated_within_a_quarter(smollm2_layers_dir):
