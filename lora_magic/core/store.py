@@ -204,14 +204,10 @@ class RunStore:
         found = {}
         with os.scandir(self.root) as entries:
             for entry in entries:
-                with contextlib.suppress(
-                    OSError, RunError
-                ):  # removed meanwhile, or a symlink out of the store
-                    if RUN_NAME.fullmatch(entry.name):
-                        found[entry.name] = self._updated(entry)
-        return sorted(
-            (name for name in found if found[name] is not None), key=found.__getitem__, reverse=True
-        )
+                with contextlib.suppress(OSError, RunError):  # removed meanwhile, or a link out of the store
+                    if RUN_NAME.fullmatch(entry.name) and (updated := self._updated(entry)) is not None:
+                        found[entry.name] = updated
+        return sorted(found, key=found.__getitem__, reverse=True)
 
     def _updated(self, entry: os.DirEntry) -> float | None:
         """When the run in folder `entry` last changed (its run.json's mtime); None if it is no run.
