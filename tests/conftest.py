@@ -104,14 +104,17 @@ def clean_session():
     import sys
 
     if "lora_magic.training.trainer" in sys.modules:
-        from lora_magic.model.session import session
         from lora_magic.training.trainer import manager
 
         active = manager().active
         if active and not active.done:
             active.stop()
             active.wait()
-        session().free()
+    if "lora_magic.model.session" in sys.modules:
+        from lora_magic.model.session import session
+
+        if session().model is not None:
+            session().free()
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from ..core.errors import DataError, RunError
 from ..core.record import config_to_load
 from ..core.store import RunStore
 from ..data.sources import load_records
+from ..model.answering import check_batch_size
 from ..model.scoring import Evaluation, answer_budget, examples_for, save, score
 from ..model.session import BASE, session
 
@@ -33,17 +34,20 @@ def evaluate(
     data: Any = None,
     limit: int | None = None,
     max_new_tokens: int | None = None,
+    batch_size: int | None = None,
     runs_dir: Any = None,
     trust_remote_code: bool = False,
 ) -> Evaluation:
     """Score the base model and each run's adapter on held-out prompts and save the results in
     each run's folder. `data`: records in the runs' template (default: the first run's eval
     split); `limit`: the first N of them; `max_new_tokens`: default the longest reference + 16;
+    `batch_size`: prompts answered at once at most (default: what the memory left allows);
     `trust_remote_code`: allows runs trained with it to load their model's code."""
     if not runs:
         raise RunError("name at least one run to evaluate")
     if limit is not None and limit < 1:
         raise DataError(f"limit={limit!r} is not valid; it must be at least 1")
+    check_batch_size(batch_size)
     store = RunStore(runs_dir)
     configs = {name: _adapter_config(store, name, trust_remote_code) for name in runs}
     first = configs[runs[0]]
@@ -75,7 +79,7 @@ def evaluate(
         max_new_tokens = max_new_tokens or answer_budget(examples, shared.tokenizer)
         base = BASE if len(groups) == 1 else f"{BASE} ({key.model}, {key.quantization})"
         with shared.leased("an evaluation is running"):
-            scored = score(names, examples, first, max_new_tokens)
+            scored = score(names, examples, first, max_new_tokens, batch_size)
         results[base] = scored.pop(BASE)
         results.update(scored)
         base_of.update(dict.fromkeys(names, base))

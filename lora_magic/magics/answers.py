@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -13,6 +14,7 @@ from .registry import Magics, arguments, command
 from .runs import kernel_runs
 
 DEFAULT = Sampling()
+PROMPT_BREAK = re.compile(r"^---[ \t]*$", re.MULTILINE)  # a %%compare cell's prompts are split by '---' lines
 SAMPLING = [
     argument(
         "--max-new-tokens",
@@ -45,6 +47,12 @@ compare_arguments = arguments(
     ),
     *SAMPLING,
     argument("--raw", action="store_true", help="Send the prompt as is, without the template."),
+    argument(
+        "--batch-size",
+        type=int,
+        metavar="N",
+        help="Prompts answered at once at most. Default: as many as the memory left allows (64 at most).",
+    ),
 )
 
 
@@ -57,17 +65,18 @@ def sampling(args: Any) -> Sampling:
 @argument("prompt", nargs="*", metavar="PROMPT", help="The prompt; a %%%%compare cell takes it as its body.")
 @compare_arguments
 def compare(magics: Magics, args: Any) -> Any:
-    """Answer one prompt with the base model and adapters side by side."""
+    """Answer a prompt with the base model and adapters side by side."""
     return run_compare(magics, " ".join(args.prompt), args)
 
 
 def run_compare(magics: Magics, prompt: str, args: Any) -> Any:
     if not prompt.strip():
         raise UsageError("no prompt given: write it after %lora compare, or as the body of a %%compare cell")
+    prompts = [p.strip() for p in PROMPT_BREAK.split(prompt) if p.strip()]
     names = [n.strip() for n in args.adapters.split(",") if n.strip()] if args.adapters else None
     how = sampling(args)
     load_runs(magics, names or [])
-    if magics.use_widgets() and not args.raw:
+    if magics.use_widgets() and not args.raw and len(prompts) == 1:
         from ..widgets import ComparePanel, Shown
 
         panel = ComparePanel(prompt, names, how)
@@ -80,7 +89,13 @@ def run_compare(magics: Magics, prompt: str, args: Any) -> Any:
         return None
     from ..model.generation import compare as answer
 
-    return answer(prompt, names, raw=args.raw, **dataclasses.asdict(how))
+    return answer(
+        prompts[0] if len(prompts) == 1 else prompts,
+        names,
+        raw=args.raw,
+        batch_size=args.batch_size,
+        **dataclasses.asdict(how),
+    )
 
 
 def load_runs(magics: Magics, names: list[str]) -> None:

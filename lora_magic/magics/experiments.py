@@ -29,6 +29,12 @@ from .runs import last_run_name
     help="New tokens per answer. Default: the longest reference answer's, plus 16.",
 )
 @argument(
+    "--batch-size",
+    type=int,
+    metavar="N",
+    help="Prompts answered at once at most. Default: as many as the memory left allows (64 at most).",
+)
+@argument(
     "--trust-remote-code",
     action="store_true",
     help="Allow a run trained with trust_remote_code to run its model's code (a run folder never allows it).",
@@ -50,6 +56,7 @@ def eval_(magics: Magics, args: Any) -> Any:
         data=data,
         limit=args.limit,
         max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
         runs_dir=magics.runs_root,
         trust_remote_code=args.trust_remote_code,
     )

@@ -4,32 +4,17 @@ session's model. How an answer is sampled is a `Sampling` (greedy by default).""
 from __future__ import annotations
 
 import html
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
-
 from ..core.config import Sampling
 from ..core.errors import RunError
 from ..data.templates import prompt_for
+from .answering import Answer, Question, answer_all
 from .session import BASE, session
 
 ANSWERING = "a prompt is being answered"  # the lease's reason while generation uses the model
-
-
-@dataclass
-class Answer:
-    name: str
-    text: str
-    tokens: int
-    seconds: float
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.tokens / self.seconds if self.seconds else 0.0
 
 
 @dataclass
@@ -65,75 +50,51 @@ class Comparison:
         )
 
 
-class _CallbackStreamer(TextStreamer):
-    """Hands each newly decoded piece of text to a callback as generation goes."""
+class Comparisons(list):
+    """Several prompts' comparisons: a row per prompt, a column per model."""
 
-    def __init__(self, tokenizer: Any, on_text: Callable[[str], None]):
-        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        self.on_text = on_text
+    def __repr__(self) -> str:
+        return "\n\n".join(repr(c) for c in self)
 
-    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-        if text:
-            self.on_text(text)
-
-
-class _Until(StoppingCriteria):
-    """Ends generation at the next token once `wanted()` says so (a run's Stop, say)."""
-
-    def __init__(self, wanted: Callable[[], bool]):
-        self.wanted = wanted
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        return torch.full((input_ids.shape[0],), self.wanted(), dtype=torch.bool, device=input_ids.device)
-
-
-def generate_text(
-    model: Any,
-    tokenizer: Any,
-    text: str,
-    sampling: Sampling,
-    on_text: Callable[[str], None] | None = None,
-    stop: Callable[[], bool] | None = None,
-) -> tuple[str, int]:
-    """(answer, number of new tokens) for `text` with whatever adapter is active on `model`;
-    `stop()`, asked at every token, ends it early."""
-    inputs = tokenizer(text, return_tensors="pt").to(model.device)
-    with torch.no_grad():
-        output = model.generate(
-            **inputs,
-            **sampling.generate_arguments(),
-            pad_token_id=tokenizer.pad_token_id,
-            streamer=_CallbackStreamer(tokenizer, on_text) if on_text else None,
-            stopping_criteria=StoppingCriteriaList([_Until(stop)]) if stop else None,
-            use_cache=True,  # the trainer may have switched the cache off in the model config
+    def _repr_html_(self) -> str:
+        names = [a.name for a in self[0].answers] if self else []
+        cell = "vertical-align:top;white-space:pre-wrap;text-align:left"
+        heads = "".join(f"<th>{html.escape(n)}</th>" for n in ["prompt", *names])
+        rows = "".join(
+            f"<tr><td style='{cell}'>{html.escape(c.prompt)}</td>"
+            + "".join(f"<td style='{cell}'>{html.escape(a.text)}</td>" for a in c.answers)
+            + "</tr>"
+            for c in self
         )
-    new = output[0, inputs["input_ids"].shape[1] :]
-    return tokenizer.decode(new, skip_special_tokens=True), len(new)
+        return f"<table style='table-layout:fixed;width:100%'><tr>{heads}</tr>{rows}</table>"
 
 
 def answer(name: str, text: str, sampling: Sampling, on_text: Callable[[str], None] | None = None) -> Answer:
     """`name`'s answer to `text` (the base with adapters off) on the session's model; the adapter in
     use stays in use. The caller holds the session's lease."""
-    shared = session()
-    shared.model.eval()
-    start = time.perf_counter()
-    with shared.answering_as(name):
-        text, count = generate_text(shared.model, shared.tokenizer, text, sampling, on_text)
-    return Answer(name, text, count, time.perf_counter() - start)
+    stream = (lambda _, piece: on_text(piece)) if on_text else None
+    return answer_all([Question(name, text)], sampling, on_text=stream)[0]
 
 
 def compare(
-    prompt: str,
+    prompt: str | list[str],
     adapters: list[str] | None = None,
     *,
     raw: bool = False,
     on_text: Callable[[str, str], None] | None = None,
+    batch_size: int | None = None,
     **sampling: Any,
-) -> Comparison:
-    """Answer `prompt` with the base model and each adapter (default: all loaded), side by side.
+) -> Comparison | Comparisons:
+    """Answer `prompt` with the base model and each adapter (default: all loaded), side by side;
+    given a list of prompts, every one of them, in as few batched generations as memory allows.
 
-    The prompt is put in the template the adapters were trained with (unless raw), the same text
-    for every column. `sampling`: max_new_tokens (96), temperature (0: greedy), top_p."""
+    Each prompt is put in the template the adapters were trained with (unless raw), the same text
+    for every column. `sampling`: max_new_tokens (96), temperature (0: greedy), top_p;
+    `batch_size`: prompts answered at once at most (default: what memory allows); `on_text(name,
+    piece)` hears one prompt's answers as they are decoded."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise RunError("give a prompt, or a list of prompts, none of them empty")
     how = Sampling(**sampling)
     shared = session()
     shared.require_model()
@@ -141,13 +102,13 @@ def compare(
     shared.check_names(names)
     shared.refuse_while_leased("generate")
     configs = [shared.adapters[n].config for n in names if n != BASE and shared.adapters[n].config]
-    text = prompt_for(prompt, configs[0], shared.tokenizer) if configs and not raw else prompt
-    result = Comparison(prompt)
+    texts = [prompt_for(p, configs[0], shared.tokenizer) if configs and not raw else p for p in prompts]
+    questions = [Question(name, text) for text in texts for name in names]
+    stream = (lambda i, piece: on_text(questions[i].model, piece)) if on_text and len(prompts) == 1 else None
     with shared.leased(ANSWERING):  # nothing loads, frees or trains meanwhile (a button, a subshell)
-        for name in names:
-            stream = (lambda piece, name=name: on_text(name, piece)) if on_text else None
-            result.answers.append(answer(name, text, how, stream))
-    return result
+        answers = answer_all(questions, how, batch_size=batch_size, on_text=stream)
+    each = [Comparison(p, answers[k * len(names) : (k + 1) * len(names)]) for k, p in enumerate(prompts)]
+    return each[0] if isinstance(prompt, str) else Comparisons(each)
 
 
 def chat_text(messages: list[dict[str, str]], tokenizer: Any) -> str:

@@ -129,18 +129,8 @@ def shapes(config: RunConfig) -> Shapes:
             adapted, inputs = adapted + 1, inputs + module.in_features
 
     text = model_config.get_text_config()
-    hidden = text.hidden_size
-    heads = text.num_attention_heads
-    head_size = getattr(text, "head_dim", None) or hidden // heads
-    kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    intermediate = next(
-        (
-            getattr(text, key)
-            for key in ("intermediate_size", "n_inner", "ffn_dim")
-            if getattr(text, key, None)
-        ),
-        4 * hidden,
-    )
+    hidden, heads = text.hidden_size, text.num_attention_heads
+    head_size, kv_heads, intermediate = _widths(text)
     layers = text.num_hidden_layers
     mlp_layers = sum(1 for layer in quantizable if intermediate in (layer.in_features, layer.out_features))
     return Shapes(
@@ -161,6 +151,24 @@ def shapes(config: RunConfig) -> Shapes:
         vocab=text.vocab_size,
         adapted_per_layer=adapted / layers,
         adapted_inputs_per_layer=inputs / layers,
+    )
+
+
+def _widths(text_config: Any) -> tuple[int, int, int]:
+    """A model's head size, key-value heads and MLP width, under the names its family gives them."""
+    hidden, heads = text_config.hidden_size, text_config.num_attention_heads
+    intermediate = next(
+        (
+            getattr(text_config, k)
+            for k in ("intermediate_size", "n_inner", "ffn_dim")
+            if getattr(text_config, k, None)
+        ),
+        4 * hidden,
+    )
+    return (
+        getattr(text_config, "head_dim", None) or hidden // heads,
+        getattr(text_config, "num_key_value_heads", None) or heads,
+        intermediate,
     )
 
 
@@ -268,3 +276,14 @@ def record(config: RunConfig, on: Machine) -> dict[str, Any] | None:
         "trainable_params": counted.trainable_params,
         "total_params": counted.total_params,
     }
+
+
+def answering_bytes(text_config: Any, tokens: int, element_bytes: int) -> float:
+    """Memory one prompt of `tokens` (prompt and answer) takes in a batch being answered: its KV
+    cache, the prefill's widest activations (the MLP's, and the attention scores of every head) and
+    the float32 logits of its last position."""
+    head_size, kv_heads, intermediate = _widths(text_config)
+    hidden, heads = text_config.hidden_size, text_config.num_attention_heads
+    cache = 2 * text_config.num_hidden_layers * kv_heads * head_size * tokens * element_bytes
+    prefill = tokens * (4 * hidden + 3 * intermediate) * element_bytes + heads * tokens**2 * 4
+    return cache + prefill + 2 * text_config.vocab_size * 4

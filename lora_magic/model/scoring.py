@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..core.config import RunConfig
+from ..core.config import RunConfig, Sampling
 from ..core.errors import DataError
 from ..core.format import answer_html
 from ..core.results import EVALUATION_FILE
@@ -27,10 +27,11 @@ from ..core.store import RunStore, write_json_atomic
 from ..data.sources import fingerprint
 from ..data.templates import ALPACA_END, render
 from ..data.tokens import encode
+from .answering import Answer, Question, answer_all
 from .session import BASE, session
 
 METRICS = ("eval_loss", "perplexity", "token_f1", "rouge_l", "exact_match", "terminated", "answer_tokens")
-BATCH = 8  # prompts answered together, in one left-padded batch, and examples per loss forward
+BATCH = 8  # examples per teacher-forced loss forward
 SAMPLES_SHOWN = 5
 
 # The base model's results, by (base, quantisation, prompts, answer length): a sweep scores it once.
@@ -158,31 +159,41 @@ def answer_budget(examples: list[Example], tokenizer: Any) -> int:
 
 
 def score(
-    names: list[str], examples: list[Example], config: RunConfig, max_new_tokens: int
+    names: list[str],
+    examples: list[Example],
+    config: RunConfig,
+    max_new_tokens: int,
+    batch_size: int | None = None,
 ) -> dict[str, tuple[dict[str, float], list[str]]]:
-    """(metrics, answers) of the base and of each adapter in `names`, on the session's model.
+    """(metrics, answers) of the base and of each adapter in `names`, on the session's model. Every
+    model's answers come from one batched answering (model/answering.py); `batch_size` caps it.
 
     The caller holds the session's lease: a run scoring itself, or `evaluate`."""
     shared = session()
     model, tokenizer = shared.model, shared.tokenizer
+    key = (shared.resolved, shared.base, fingerprint([e.__dict__ for e in examples]), max_new_tokens)
+    models = [name for name in [BASE, *names] if not (name == BASE and key in _base_results)]
+    questions = [Question(name, e.prompt) for name in models for e in examples]
+    replies = answer_all(
+        questions,
+        Sampling(max_new_tokens=max_new_tokens),
+        add_special_tokens=config.template != "chat",  # the chat template writes its own
+        batch_size=batch_size,
+    )
+    results = {BASE: _base_results[key]} if BASE not in models else {}
     was_training = model.training
     model.eval()
-    results = {}
     try:
-        for name in [BASE, *names]:
-            key = (shared.resolved, shared.base, fingerprint([e.__dict__ for e in examples]), max_new_tokens)
-            if name == BASE and key in _base_results:
-                results[name] = _base_results[key]
-                continue
+        for k, name in enumerate(models):
+            answers = replies[k * len(examples) : (k + 1) * len(examples)]
             with shared.answering_as(name):
                 loss = _loss(model, tokenizer, examples, config)
-                answers, counts, stopped = _answers(model, tokenizer, examples, config, max_new_tokens)
-            results[name] = (_metrics(loss, answers, counts, stopped, examples, config), answers)
+            results[name] = (_metrics(loss, answers, examples, config), [a.text for a in answers])
             if name == BASE:
                 _base_results[key] = results[name]
     finally:
         model.train(was_training)
-    return results
+    return {name: results[name] for name in [BASE, *names]}
 
 
 def _loss(model: Any, tokenizer: Any, examples: list[Example], config: RunConfig) -> float:
@@ -208,61 +219,21 @@ def _loss(model: Any, tokenizer: Any, examples: list[Example], config: RunConfig
     return total / max(count, 1)
 
 
-def _answers(
-    model: Any, tokenizer: Any, examples: list[Example], config: RunConfig, max_new_tokens: int
-) -> tuple[list[str], list[int], list[bool]]:
-    """Greedy answers, a batch of prompts at a time (left-padded, tokenized as in training): their
-    texts, their lengths in tokens, and whether each ended itself (end of sequence)."""
-    texts, counts, stopped = [], [], []
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        for start in range(0, len(examples), BATCH):
-            prompts = [e.prompt for e in examples[start : start + BATCH]]
-            inputs = tokenizer(
-                prompts, return_tensors="pt", padding=True, add_special_tokens=config.template != "chat"
-            )
-            with torch.no_grad():
-                output = model.generate(
-                    **inputs.to(model.device),
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    top_k=None,
-                    pad_token_id=tokenizer.pad_token_id,
-                    use_cache=True,
-                )
-            for row in output[:, inputs["input_ids"].shape[1] :].tolist():
-                ended = tokenizer.eos_token_id in row
-                if ended:
-                    row = row[: row.index(tokenizer.eos_token_id) + 1]
-                counts.append(len(row))
-                stopped.append(ended)
-                texts.append(tokenizer.decode(row, skip_special_tokens=True))
-    finally:
-        tokenizer.padding_side = side
-    return texts, counts, stopped
-
-
 def _metrics(
-    loss: float,
-    answers: list[str],
-    counts: list[int],
-    stopped: list[bool],
-    examples: list[Example],
-    config: RunConfig,
+    loss: float, answers: list[Answer], examples: list[Example], config: RunConfig
 ) -> dict[str, float]:
     from rouge_score import rouge_scorer, tokenizers
 
     words = tokenizers.DefaultTokenizer(use_stemmer=False).tokenize
     rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     f1, rouge_l, exact, ended = [], [], [], []
-    for answer, stop, example in zip(answers, stopped, examples):
-        text = answer.strip()
+    for answer, example in zip(answers, examples):
+        text = answer.text.strip()
         if config.template == "alpaca":  # its terminator is a line of text; the others' is the end token
             ended.append(text.endswith(ALPACA_END) and text.count(ALPACA_END) == 1)  # and it stopped there
             text = text.split(ALPACA_END)[0].strip()
         else:
-            ended.append(stop)
+            ended.append(answer.ended)
         f1.append(token_f1(words(text), words(example.reference)))
         rouge_l.append(rouge.score(example.reference, text)["rougeL"].fmeasure)
         exact.append(words(text) == words(example.reference))
@@ -274,7 +245,7 @@ def _metrics(
         "rouge_l": sum(rouge_l) / n,
         "exact_match": sum(exact) / n,
         "terminated": sum(ended) / n,
-        "answer_tokens": sum(counts) / n,
+        "answer_tokens": sum(a.tokens for a in answers) / n,
     }
 
 

@@ -305,7 +305,7 @@ def folded(model: Any, name: str) -> Iterator[None]:
         for layer, weight in zip(layers, weights)
     )
     copies = sum(weight.numel() * weight.element_size() for weight in weights)
-    if not layers or not foldable or copies > _available_memory(weights[0].device) / 4:
+    if not layers or not foldable or copies > available_memory(weights[0].device) / 4:
         yield
         return
     merged = []
@@ -323,7 +323,8 @@ def folded(model: Any, name: str) -> Iterator[None]:
             base.weight = weight
 
 
-def _available_memory(device: torch.device) -> float:
+def available_memory(device: torch.device) -> float:
+    """Bytes free on `device`: the GPU's, or the machine's for a CPU."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     import psutil

@@ -53,7 +53,7 @@ from ..core.store import COMPLETE_MARK, no_space, write_text_atomic
 from ..data.prepare import Prepared
 from ..data.templates import prompt_for
 from ..model import scoring
-from ..model.generation import generate_text
+from ..model.answering import Question, answer_all
 from ..model.session import BASE, session
 from . import sft, tracking
 from .card import adapter_card
@@ -434,33 +434,28 @@ class RunCallback(TrainerCallback):
             self.training.publish(CheckpointEvent(type=CHECKPOINT, step=state.global_step, path=str(folder)))
 
     def _probe(self, step: int) -> None:
-        """Answer each probe prompt with the base (adapter disabled) and the adapter being trained."""
+        """Answer the probe prompts with the adapter being trained, and the first time with the base
+        (adapters off) too: all in one batched answering."""
         run = self.run
         if not run.config.probes or not self.training.writes:
             return
-        shared = session()
-        model, tokenizer = shared.model, shared.tokenizer
-        sampling = Sampling(max_new_tokens=run.config.probe_tokens)
-        was_training = model.training
-        model.eval()
-        try:
-            for prompt in run.config.probes:
-                text = prompt_for(prompt, run.config, tokenizer)
-                if self.training.stop_wanted():
-                    return
-                if prompt not in self.base_answers:
-                    with shared.answering_as(BASE):
-                        self.base_answers[prompt] = generate_text(
-                            model, tokenizer, text, sampling, stop=self.training.stop_wanted
-                        )[0]
-                answer = generate_text(model, tokenizer, text, sampling, stop=self.training.stop_wanted)[0]
-                self.training.publish(
-                    ProbeEvent(
-                        type=PROBE, step=step, prompt=prompt, base=self.base_answers[prompt], adapter=answer
-                    )
+        probes, tokenizer = run.config.probes, session().tokenizer
+        texts = {prompt: prompt_for(prompt, run.config, tokenizer) for prompt in probes}
+        unseen = [p for p in probes if p not in self.base_answers]
+        questions = [Question(BASE, texts[p]) for p in unseen] + [
+            Question(run.name, texts[p]) for p in probes
+        ]
+        how = Sampling(max_new_tokens=run.config.probe_tokens)
+        answers = answer_all(questions, how, stop=self.training.stop_wanted)
+        if self.training.stop_wanted():
+            return
+        self.base_answers.update(zip(unseen, (a.text for a in answers)))
+        for prompt, reply in zip(probes, answers[len(unseen) :]):
+            self.training.publish(
+                ProbeEvent(
+                    type=PROBE, step=step, prompt=prompt, base=self.base_answers[prompt], adapter=reply.text
                 )
-        finally:
-            model.train(was_training)
+            )
 
 
 class Smoothed:

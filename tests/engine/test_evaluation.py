@@ -11,6 +11,7 @@ import pytest
 import lora_magic as lm
 from lora_magic.core.config import RunConfig
 from lora_magic.core.errors import DataError, RunError
+from lora_magic.model.answering import Answer
 from lora_magic.model.scoring import Example, _metrics, token_f1
 
 REFERENCE = "Product 5 is a teal kettle for every day."
@@ -23,7 +24,8 @@ def example(reference=REFERENCE):
 def scores(answers, stopped=None, template="alpaca"):
     config = RunConfig(template=template, prompt_format="{q}", response_format="{a}")
     stopped = stopped or [True] * len(answers)
-    return _metrics(2.0, answers, [10] * len(answers), stopped, [example()] * len(answers), config)
+    replies = [Answer("tuned", text, 10, 1.0, ended) for text, ended in zip(answers, stopped)]
+    return _metrics(2.0, replies, [example()] * len(answers), config)
 
 
 def test_an_answer_equal_to_the_reference_scores_full_marks():

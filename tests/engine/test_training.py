@@ -270,8 +270,7 @@ def test_bad_input_is_refused_before_the_run_store_is_touched(tiny_model_dir, ru
 
 def test_a_long_probe_is_bounded_and_stop_reaches_it(tiny_model_dir, records, runs_dir):
     from lora_magic.core.config import Sampling
-    from lora_magic.model.generation import generate_text
-    from lora_magic.model.session import session
+    from lora_magic.model.answering import Question, answer_all
 
     with pytest.raises(
         lm.ConfigError, match=r"probe_tokens=1000000000 is not valid; it must be at most 4096"
@@ -279,14 +278,12 @@ def test_a_long_probe_is_bounded_and_stop_reaches_it(tiny_model_dir, records, ru
         lm.train(model=tiny_model_dir, data=records, probes=["Describe."], probe_tokens=10**9)
     asked = []
     lm.session().ensure_base(lm.RunConfig(model=tiny_model_dir))
-    _, tokens = generate_text(
-        session().model,
-        session().tokenizer,
-        "Describe",
+    [answer] = answer_all(
+        [Question("base", "Describe")],
         Sampling(max_new_tokens=4096),
         stop=lambda: asked.append(1) or len(asked) >= 5,
     )
-    assert tokens <= 5 and len(asked) <= 5  # stopped at the token it was asked to, not at 4096
+    assert answer.tokens <= 5 and len(asked) <= 5  # stopped at the token it was asked to, not at 4096
     run = lm.train(
         model=tiny_model_dir, data=records, steps=50, probes=["Describe product 1."], probe_tokens=4096
     )

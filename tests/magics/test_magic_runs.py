@@ -162,6 +162,11 @@ def test_with_widgets_compare_and_ui_show_panels(ip, lm, monkeypatch):
         assert (
             ip.run_cell_magic("compare", "--adapters base,w --max-new-tokens 2", "Describe the lamp.") is None
         )
+        several = ip.run_cell_magic(
+            "compare",
+            "--adapters base,w --max-new-tokens 2 --batch-size 3",
+            "Describe the lamp.\n---\nThe kettle?\n",
+        )  # prompts split by '---' lines are answered together, and shown as one table
         ip.run_line_magic("lora", "ui")
     finally:
         ip.run_line_magic("config", "LoraMagics.widgets = 'off'")
@@ -172,5 +177,8 @@ def test_with_widgets_compare_and_ui_show_panels(ip, lm, monkeypatch):
     assert "<i>Describe the lamp.</i>" in frozen["text/html"]
     assert "<b>base</b>" in frozen["text/html"] and "<b>w</b>" in frozen["text/html"]
     assert frozen["text/html"].count("tokens/s") == 2
+    assert [c.prompt for c in several] == ["Describe the lamp.", "The kettle?"]
+    assert [[a.name for a in c.answers] for c in several] == [["base", "w"]] * 2
+    assert "<table" in several._repr_html_()
     (form,) = shown
     assert "lora-magic-form" in form._dom_classes
