@@ -31,7 +31,7 @@ from ..core.errors import ConfigError
 from .memory import answering_bytes
 from .session import BASE, available_memory, session
 
-# Prompts in one batch at most. On a 2-core CPU a batch of 64 generates about ten times the tokens
+# Prompts in one batch at most. On a 2-core CPU a batch of 64 generates about nine times the tokens
 # a second of one prompt (benchmarks/answering.py --cases throughput, docs/performance.md).
 MOST_AT_ONCE = 64
 MEMORY_SHARE = 0.25  # of the memory left, what a batch may plan to take
