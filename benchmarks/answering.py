@@ -28,6 +28,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import lora_magic as lm
 from lora_magic.data.sources import bundled_dataset, load_records
@@ -44,17 +45,17 @@ def sweep(rows: list[dict], runs_dir: Path) -> list[str]:
     names = [f"rate-{rate:g}".replace(".", "_").replace("-0", "") for rate in RATES]
     for name, rate in zip(names, RATES):
         if not (runs_dir / name / "adapter" / "adapter_config.json").is_file():
-            run = lm.train(
-                model="smollm2-135m",
-                data=rows[:60],
-                steps=10,
-                learning_rate=rate,
-                eval_fraction=0.0,
-                name=name,
-                runs_dir=runs_dir,
-            ).wait()
-            assert run.status == "completed", run.error
+            train(rows, runs_dir, steps=10, learning_rate=rate, name=name)
     return names
+
+
+def train(rows: list[dict], runs_dir: Path, **settings) -> Any:
+    """A completed run of the built-in model on the first 60 bundled products, no eval split."""
+    run = lm.train(
+        model="smollm2-135m", data=rows[:60], eval_fraction=0.0, runs_dir=runs_dir, **settings
+    ).wait()
+    assert run.status == "completed", run.error
+    return run
 
 
 def timed(work) -> float:
@@ -129,18 +130,10 @@ def probes(rows: list[dict], prompts: list[str], runs_dir: Path) -> dict[str, fl
     RunCallback._probe = timed_probe
     try:
         started = time.perf_counter()
-        run = lm.train(
-            model="smollm2-135m",
-            data=rows[:60],
-            steps=60,
-            probes=prompts,
-            eval_fraction=0.0,
-            runs_dir=runs_dir,
-        ).wait()
+        train(rows, runs_dir, steps=60, probes=prompts)
         seconds = time.perf_counter() - started
     finally:
         RunCallback._probe = probe
-    assert run.status == "completed", run.error
     return {"run_seconds": seconds, "probe_seconds": spent[0], "share": spent[0] / seconds}
 
 
