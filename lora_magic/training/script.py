@@ -115,6 +115,8 @@ def script(name: str, runs_dir: str | os.PathLike | None = None) -> Text:
         "",
         inspect.getsource(sft.use_cpu_dropout),
         "",
+        inspect.getsource(sft.keep_adapter_in_float32),
+        "",
         inspect.getsource(sft.EvaluateAtTheEnd),
         "",
         "trainer = LabelledLogitsSFTTrainer(",

@@ -255,6 +255,17 @@ def test_on_the_cpu_a_run_trains_its_adapter_with_cpu_dropout(tiny_model_dir, re
     assert {m.lora_dropout["dropped"].p for m in layers} == {0.1}
 
 
+@pytest.mark.parametrize("quantization", ["4bit", "8bit"])
+def test_on_the_cpu_a_quantized_bases_adapter_trains_in_float32(quantization, tiny_model_dir, records, runs_dir):
+    """TRL stores a quantized base's adapter in bfloat16, several times slower to multiply on a CPU."""
+    from lora_magic.model.session import session
+
+    run = lm.train(model=tiny_model_dir, data=records, steps=1, quantization=quantization, name="q").wait()
+    assert run.status == "completed", run.error
+    adapter = {n: p.dtype for n, p in session().model.named_parameters() if ".q." in n}
+    assert adapter and set(adapter.values()) == {torch.float32}, adapter
+
+
 def test_bad_input_is_refused_before_the_run_store_is_touched(tiny_model_dir, runs_dir, monkeypatch):
     with pytest.raises(lm.DataError, match=r"row 0 has no field 'response'"):
         lm.train(model=tiny_model_dir, data=[{"instruction": "x", "answer": "y"}], steps=2)
