@@ -256,7 +256,9 @@ def test_on_the_cpu_a_run_trains_its_adapter_with_cpu_dropout(tiny_model_dir, re
 
 
 @pytest.mark.parametrize("quantization", ["4bit", "8bit"])
-def test_on_the_cpu_a_quantized_bases_adapter_trains_in_float32(quantization, tiny_model_dir, records, runs_dir):
+def test_on_the_cpu_a_quantized_bases_adapter_trains_in_float32(
+    quantization, tiny_model_dir, records, runs_dir
+):
     """TRL stores a quantized base's adapter in bfloat16, several times slower to multiply on a CPU."""
     from lora_magic.model.session import session
 

@@ -145,7 +145,9 @@ def test_the_chart_follows_each_step_and_is_sent_twice_a_second_at_most(start):
     # interval, and its timer thread may wait a while more for a core on a machine busy training
     for step, when in heard.items():
         arrived = next(at for at, last in sent if last >= step)
-        assert arrived - when < dashboard.chart.interval + 1.0, f"step {step} was sent {arrived - when:.2f} s late"
+        assert arrived - when < dashboard.chart.interval + 1.0, (
+            f"step {step} was sent {arrived - when:.2f} s late"
+        )
     assert sorted(heard) == [step for step, _ in run.losses]
 
 
