@@ -57,6 +57,22 @@ def wide_tiny_model_dir(tmp_path_factory) -> str:
     return tiny_llama(tmp_path_factory.mktemp("wide-tiny-llama"), vocab_size=49152)
 
 
+@pytest.fixture(scope="session")
+def smollm2_layers_dir(tmp_path_factory) -> str:
+    """Four random decoder layers of SmolLM2-135M's shape with the tiny model's small vocabulary:
+    the layers' activations are most of its memory, and a step of 4 x 256 tokens takes seconds."""
+    from lora_magic.model.tiny import tiny_llama
+
+    return tiny_llama(
+        tmp_path_factory.mktemp("smollm2-layers"),
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=4,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+    )
+
+
 # The source experiment's model, OpenLLaMA-3B-v2: its published config.json, without the weights.
 OPENLLAMA_3B_V2 = {
     "architectures": ["LlamaForCausalLM"],

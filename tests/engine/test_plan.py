@@ -223,22 +223,6 @@ def test_the_builtin_models_estimate_is_within_a_quarter_of_its_measured_peak(
     )
 
 
-@pytest.fixture(scope="module")
-def smollm2_layers_dir(tmp_path_factory) -> str:
-    """Four random decoder layers of SmolLM2-135M's shape with the tiny model's small vocabulary:
-    the layers' activations are most of its memory, and a step of 4 x 256 tokens takes seconds."""
-    from lora_magic.model.tiny import tiny_llama
-
-    return tiny_llama(
-        tmp_path_factory.mktemp("smollm2-layers"),
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=4,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-    )
-
-
 def test_all_linear_layers_at_batch_4_by_256_are_estimated_within_a_quarter(smollm2_layers_dir):
     """Every linear layer adapted, each with its dropout's mask (float32 on a CPU)."""
     estimate, measured = estimate_and_measurement(
