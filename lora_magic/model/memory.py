@@ -213,8 +213,9 @@ def activation_bytes(shapes: Shapes, config: RunConfig, hardware: Hardware, on: 
     Per token and decoder layer it keeps the residual stream and the normalised inputs (float32 in
     the norms), the attention's query, key, value and output, the MLP's projections and activation,
     and for each adapted layer its dropped-out input, the dropout's mask and its rank-r projection.
-    Flash / SDPA attention keeps no (length × length) scores. Checkpointing keeps a layer's input only and
-    recomputes one layer at a time.
+    Flash / SDPA attention keeps no (length × length) scores. Checkpointing keeps each layer's input
+    only; the backward pass recomputes one layer at a time and holds its activations and about as
+    much again in their gradients (fitted on a CPU: benchmarks/plan_accuracy.py).
     """
     tokens = config.batch_size * config.max_length
     act = BYTES[hardware.precision]
@@ -226,7 +227,7 @@ def activation_bytes(shapes: Shapes, config: RunConfig, hardware: Hardware, on: 
     lora = inputs * (act + mask) + shapes.adapted_per_layer * config.r * act
     layer = tokens * (norms + attention + mlp + lora)
     kept = (
-        shapes.layers * tokens * shapes.hidden * act + layer
+        shapes.layers * tokens * shapes.hidden * act + 2 * layer
         if hardware.checkpointing
         else shapes.layers * layer
     )
