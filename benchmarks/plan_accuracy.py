@@ -1,11 +1,12 @@
 """How close a plan's memory estimate comes to the measured peak of real training steps.
 
-    .venv/bin/python benchmarks/plan_accuracy.py [--model smollm2-135m] [--device cpu]
+    .venv/bin/python benchmarks/plan_accuracy.py [--model smollm2-135m] [--device cpu] [--only TEXT]
 
 Each row is `lm.plan(..., measure=True)` in a fresh Python process (so no earlier row's memory
 is reused): four real steps of batch_size × max_length tokens through the trainer. On a GPU the
 measured peak is torch's peak allocation; on a CPU the loaded weights plus the rise of the
-process's resident memory during the steps. Prints a Markdown table.
+process's resident memory during the steps. Prints a Markdown table; `--only` keeps the rows whose
+setting contains TEXT (e.g. `--only gradient_checkpointing`).
 """
 
 from __future__ import annotations
@@ -53,12 +54,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--only", default="", help="measure only the rows whose setting contains this")
     args = parser.parse_args()
     print("| setting | estimate GiB | measured GiB | estimate / measured | s/step |")
     print("| --- | --- | --- | --- | --- |")
     for case in CASES:
-        row = measure({"model": args.model, "device": args.device, **case})
         label = ", ".join(f"{key} {value}" for key, value in case.items())
+        if args.only not in label:
+            continue
+        row = measure({"model": args.model, "device": args.device, **case})
         if row["error"]:
             print(f"| {label} | {row['estimate'] / 2**30:.2f} | failed: {row['error']} | | |")
             continue

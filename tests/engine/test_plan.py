@@ -228,8 +228,8 @@ def test_all_linear_layers_at_batch_4_by_256_are_estimated_within_a_quarter(
     smollm2_layers_dir, checkpointing
 ):
     """Every linear layer adapted, each with its dropout's mask (float32 on a CPU); with gradient
-    checkpointing, the layer recomputed in the backward pass and its gradients (estimated 0.68 of the
-    measured peak when only the recomputed layer was counted)."""
+    checkpointing, also what the C allocator keeps of each layer's recomputation (estimated 0.68 of
+    the measured peak when only the recomputed layer was counted)."""
     estimate, measured = estimate_and_measurement(
         model=smollm2_layers_dir,
         targets="all-linear",

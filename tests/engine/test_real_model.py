@@ -78,7 +78,7 @@ def ends_with_terminator(answer: str) -> bool:
 def test_lora_learns_the_format_the_base_does_not_follow(tuned):
     run = tuned("none")
     assert_eval_loss_fell(run)
-    answers = [lm.compare(prompt, adapters=["base", run.name], max_new_tokens=60) for prompt in HELD_OUT]
+    answers = lm.compare(HELD_OUT, adapters=["base", run.name], max_new_tokens=60)
     assert not any("### End" in a["base"] for a in answers), answers
     assert all(ends_with_terminator(a[run.name]) for a in answers), answers
 
@@ -92,7 +92,7 @@ def test_qlora_4bit_learns_the_format_as_fast_as_float32(tuned):
     assert abs(run.eval_losses[-1][1] - full_precision) <= 0.1 * full_precision, run.eval_losses
     # The base's answers are checked in full precision above: on a CPU every 4-bit token costs a
     # dequantisation of all the weights, and the base never stops early.
-    answers = [lm.compare(prompt, adapters=[run.name], max_new_tokens=60) for prompt in HELD_OUT]
+    answers = lm.compare(HELD_OUT, adapters=[run.name], max_new_tokens=60)
     assert all(ends_with_terminator(a[run.name]) for a in answers), answers
 
 
