@@ -23,7 +23,7 @@ from ..core.errors import ConfigError, ModelError
 from ..core.record import stored_config
 from ..core.store import check_new_folder, new_folder
 from ..data.templates import format_fields, prompt_for, render
-from ..model.merging import Merged, adapter_base, merge, merged_model
+from ..model.merging import Merged, adapter_base, export_folder, merge, merged_model
 from ..model.session import session
 
 FORMATS = ("gguf", "safetensors")
@@ -62,14 +62,15 @@ class Exported:
 
 def export(
     source: str | Path,
-    out: str | Path,
+    out: str | Path | None = None,
     format: str = "gguf",
     type: str = "f16",
     runs_dir: str | Path | None = None,
 ) -> Exported | Merged:
     """Merge a run's adapter (or a loaded adapter, or an adapter folder) into a full-precision copy
     of its base and write it to the new folder `out`: one GGUF file (`type` f16 or q8_0) with an
-    Ollama Modelfile and a README, or for `format="safetensors"` the merged model as `merge` saves it.
+    Ollama Modelfile and a README (default folder: exports/NAME-gguf), or for `format="safetensors"`
+    the merged model as `merge` saves it.
 
     Everything is checked before anything is written, and the folder appears complete or not at all.
     """
@@ -83,7 +84,7 @@ def export(
         raise ConfigError(
             f"type={type!r} is not a GGUF type this export writes; choose one of: {', '.join(GGUF_TYPES)}"
         )
-    out = Path(out).expanduser()
+    out = export_folder(source, "gguf") if out is None else Path(out).expanduser()
     check_new_folder(out)  # said before the model is merged
     folder = session().adapter_folder(str(source), runs_dir)
     base = adapter_base(folder)

@@ -106,7 +106,12 @@ def plan(magics: Magics, args: Any) -> Any:
 
 @command("export")
 @argument("run", metavar="RUN", help="A run, a loaded adapter or an adapter folder.")
-@argument("--out", required=True, metavar="DIR", help="New folder for the export.")
+@argument(
+    "--out",
+    metavar="DIR",
+    help="New folder for the export. Default: exports/RUN-gguf (exports/RUN-merged for safetensors), "
+    "beside the notebook.",
+)
 @argument(
     "--format",
     default="gguf",

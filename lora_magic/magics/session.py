@@ -62,7 +62,11 @@ def use(magics: Magics, args: Any) -> None:
 
 @command("merge")
 @argument("run", metavar="RUN", help="A run, a loaded adapter or an adapter folder.")
-@argument("--out", required=True, metavar="DIR", help="New folder for the merged model.")
+@argument(
+    "--out",
+    metavar="DIR",
+    help="New folder for the merged model. Default: exports/RUN-merged, beside the notebook.",
+)
 def merge(magics: Magics, args: Any) -> Any:
     """Merge an adapter into its base and save a standalone model (safetensors + tokenizer)."""
     from ..model.merging import merge as merge_adapter

@@ -37,12 +37,19 @@ class Merged:
         return f"Merged model saved to {self.path} (base {self.base}, {self.dtype}, safetensors + tokenizer).{note}"
 
 
-def merge(source: str, out: str | Path, runs_dir: str | Path | None = None) -> Merged:
+def export_folder(source: str | Path, kind: str) -> Path:
+    """Where a merge or an export of `source` goes unless told: exports/NAME-KIND in the working
+    directory (beside the notebook)."""
+    return Path("exports") / f"{Path(source).name}-{kind}"
+
+
+def merge(source: str, out: str | Path | None = None, runs_dir: str | Path | None = None) -> Merged:
     """Merge an adapter (a run, a loaded adapter or an adapter folder) into a fresh full-precision
-    copy of its base and save it in the new folder `out` (safetensors + tokenizer)."""
+    copy of its base and save it in the new folder `out` (default: exports/NAME-merged)
+    (safetensors + tokenizer)."""
     from transformers import AutoTokenizer
 
-    out = Path(out).expanduser()
+    out = export_folder(source, "merged") if out is None else Path(out).expanduser()
     check_new_folder(out)
     folder = session().adapter_folder(source, runs_dir)
     merged, base_path, dtype = merged_model(folder)
