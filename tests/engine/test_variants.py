@@ -204,7 +204,7 @@ def test_what_peft_cannot_do_here_is_refused_before_anything_loads(settings, mes
         RunConfig(**settings)
 
 
-def test_the_plan_counts_doras_magnitude_vectors(tiny_model_dir):
+def test_the_plan_counts_doras_magnitude_vectors_and_the_outputs_it_keeps(tiny_model_dir):
     plain, dora = lm.plan(model=tiny_model_dir), lm.plan(model=tiny_model_dir, dora=True)
     config = json.loads((Path(tiny_model_dir) / "config.json").read_text())
     head_size = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
@@ -213,6 +213,7 @@ def test_the_plan_counts_doras_magnitude_vectors(tiny_model_dir):
     magnitudes = config["num_hidden_layers"] * outputs
     assert dora.trainable_params == plain.trainable_params + magnitudes
     assert dora.total_params == plain.total_params + magnitudes
+    assert dora.memory.activations > plain.memory.activations  # the outputs DoRA keeps for its backward
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
