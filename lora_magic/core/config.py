@@ -206,7 +206,7 @@ class RunConfig:
         False,
         "DoRA (weight-decomposed LoRA): LoRA learns the direction of each adapted weight and one "
         "more vector per layer its magnitude. Often better than LoRA at a low r, for a slower step and "
-        "slower unmerged answers; merging and export fold it in.",
+        "slower unmerged answers; merging and export fold it in. Not on an 8bit base.",
         "lora",
     )
     rslora: bool = setting(
@@ -354,6 +354,11 @@ class RunConfig:
             raise ConfigError(
                 f"init={self.init!r} cannot go with dora=True: the adapter saved for the untouched base keeps "
                 "LoRA's A and B but not DoRA's magnitudes; use dora with init 'kaiming' or 'gaussian'"
+            )
+        if self.dora and self.quantization == "8bit":
+            raise ConfigError(
+                "dora=True cannot train on an 8bit base: PEFT's DoRA leaves bitsandbytes' int8 layers "
+                "without their scales after the first step; use dora with quantization '4bit' or 'none'"
             )
         if self.template == "custom" and not (self.prompt_format and self.response_format):
             raise ConfigError(
