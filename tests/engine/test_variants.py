@@ -233,6 +233,12 @@ def test_the_plan_counts_doras_magnitude_vectors_and_the_outputs_it_keeps(tiny_m
     assert dora.memory.activations > plain.memory.activations  # the outputs DoRA keeps for its backward
 
 
+def test_a_pissa_plan_that_does_not_fit_suggests_only_what_pissa_can_do(openllama_3b_dir):
+    plan = lm.plan(model=openllama_3b_dir, gpu="T4", init="pissa", batch_size=16, max_length=2048)
+    assert plan.verdict == "does not fit" and plan.changes
+    assert all("quantization" not in change.settings for change in plan.changes)  # PiSSA needs a float base
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_merging_gives_the_trained_models_logits(trained, variant, ids, tmp_path):
     _, runs_dir, at_the_end, _ = trained
