@@ -253,7 +253,8 @@ class Training:
         except torch.OutOfMemoryError:
             checkpoint = run.store.last_checkpoint(run.name)
             resume = "; resume from the last checkpoint with lora_magic.resume" if checkpoint else ""
-            error = f"out of memory at step {run.step}: lower batch_size or max_length, or use quantization='4bit'{resume}"
+            quantize = "" if run.config.init in BASE_CHANGING_INITS else ", or use quantization='4bit'"
+            error = f"out of memory at step {run.step}: lower batch_size or max_length{quantize}{resume}"
             self.end(FAILED, error=error, finished=time.time())
         except Exception as error:
             log.exception("run %s failed", run.name)
