@@ -211,6 +211,9 @@ class Session:
         """Remove adapter `name` from memory; the base stays loaded and usable for the next run."""
         self.check_names([name])
         self.refuse_while_leased("delete an adapter")
+        initial = self.adapters[name].initial  # a PiSSA/OLoRA adapter whose run never started
+        if initial is not None:
+            restore_base(self.model, name, initial)
         self._detach(name)
         del self.adapters[name]
         still_adapted = getattr(self.model, "peft_config", None)  # else _detach left the plain base

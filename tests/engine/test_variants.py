@@ -157,6 +157,16 @@ def test_the_session_gets_its_base_back_and_every_adapter_answers_as_it_trained(
         assert torch.allclose(afterwards[variant], at_the_end[variant], atol=1e-5), variant
 
 
+def test_deleting_a_pissa_adapter_that_never_trained_gives_the_base_back(tiny_model_dir, ids):
+    config = RunConfig(model=tiny_model_dir, init="pissa")
+    shared = session()
+    shared.ensure_base(config)
+    before = logits(shared.model, ids)
+    shared.add_training_adapter("never-trained", config, ["q_proj", "v_proj"])
+    shared.delete_adapter("never-trained")
+    assert torch.allclose(logits(shared.model, ids), before, atol=1e-5)
+
+
 def test_a_resumed_pissa_run_ends_where_an_uninterrupted_one_does(tiny_model_dir, records, runs_dir, ids):
     straight = train(tiny_model_dir, records, runs_dir, "straight", init="pissa", save_every=2)
     train(tiny_model_dir, records, runs_dir, "interrupted", init="pissa", save_every=2)
