@@ -1,12 +1,11 @@
 """How close a plan's memory estimate comes to the measured peak of real training steps.
 
-    .venv/bin/python benchmarks/plan_accuracy.py [--model smollm2-135m] [--device cpu] [--only TEXT]
+    .venv/bin/python benchmarks/plan_accuracy.py [--model smollm2-135m] [--device cpu] [--rows 1,4,11]
 
 Each row is `lm.plan(..., measure=True)` in a fresh Python process (so no earlier row's memory
 is reused): four real steps of batch_size × max_length tokens through the trainer. On a GPU the
 measured peak is torch's peak allocation; on a CPU the loaded weights plus the rise of the
-process's resident memory during the steps. Prints a Markdown table; `--only` keeps the rows whose
-setting contains TEXT (e.g. `--only gradient_checkpointing`).
+process's resident memory during the steps. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -33,6 +32,9 @@ CASES = [
         "gradient_checkpointing": "on",
     },
     {"quantization": "none", "batch_size": 4, "max_length": 512},
+    {"quantization": "none", "batch_size": 2, "max_length": 256, "dora": True},
+    {"quantization": "none", "batch_size": 2, "max_length": 256, "rslora": True},
+    {"quantization": "none", "batch_size": 2, "max_length": 256, "targets": "all-linear", "dora": True},
 ]
 SCRIPT = """
 import json, sys
@@ -54,15 +56,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--only", default="", help="measure only the rows whose setting contains this")
+    parser.add_argument("--rows", help=f"some of the rows, by number from 1 to {len(CASES)}; default: all")
     args = parser.parse_args()
+    numbers = [int(n) for n in args.rows.split(",")] if args.rows else range(1, len(CASES) + 1)
+    if unknown := [n for n in numbers if not 1 <= n <= len(CASES)]:
+        parser.error(f"no rows {unknown}; the rows are 1 to {len(CASES)}")
     print("| setting | estimate GiB | measured GiB | estimate / measured | s/step |")
     print("| --- | --- | --- | --- | --- |")
-    for case in CASES:
-        label = ", ".join(f"{key} {value}" for key, value in case.items())
-        if args.only not in label:
-            continue
+    for case in (CASES[n - 1] for n in numbers):
         row = measure({"model": args.model, "device": args.device, **case})
+        label = ", ".join(f"{key} {value}" for key, value in case.items())
         if row["error"]:
             print(f"| {label} | {row['estimate'] / 2**30:.2f} | failed: {row['error']} | | |")
             continue

@@ -1,10 +1,11 @@
 """Training and generation speed of the built-in model under different settings.
 
     .venv/bin/python benchmarks/training_speed.py [--steps 8] [--tokens 32]
-        [--cases defaults,trl-defaults,8bit,4bit]
+        [--cases defaults,trl-defaults,8bit,4bit,dora,rslora]
 
 Rows: lora_magic's CPU defaults (float32, no gradient checkpointing); TRL's SFTConfig defaults
-(bf16 + gradient checkpointing); 8-bit LoRA; 4-bit QLoRA. Batch 4 of the bundled product
+(bf16 + gradient checkpointing); 8-bit LoRA; 4-bit QLoRA; the DoRA and rsLoRA variants of the
+defaults. Batch 4 of the bundled product
 descriptions (~90 tokens each). The first step is excluded (warm-up). After training, the
 adapter answers one prompt greedily with the KV cache. Prints a Markdown table.
 """
@@ -28,6 +29,8 @@ CASES = {  # name: (the table's label, the run's settings)
     ),
     "8bit": ("8-bit base (LoRA)", {"quantization": "8bit"}),
     "4bit": ("4-bit base (QLoRA)", {"quantization": "4bit"}),
+    "dora": ("DoRA (`dora: true`)", {"dora": True}),
+    "rslora": ("rsLoRA (`rslora: true`)", {"rslora": True}),
 }
 
 

@@ -9,10 +9,11 @@ import pytest
 # goes to one worker as a whole, so its module-scoped fixtures (trained runs) are made once; the
 # example notebooks go one by one. The longest work starts first (seconds from --durations on the
 # 2-core machine, one thread a worker: the built-in model's runs 480 and 420 in two groups that share
-# no run, data_efficiency 410, the hosted runtime 280, the other notebooks 90 to 220 each), so that
-# none of it is left to start last.
+# no run, data_efficiency 410, the hosted runtime 280, the LoRA variants on the built-in model 280,
+# the other notebooks 90 to 220 each), so that none of it is left to start last.
 LONGEST_FIRST = (
     "tests/engine/test_real_model.py",
+    "tests/engine/test_variants_real_model.py",
     "tests/notebooks/test_examples.py::test_example_notebook_runs_headless[data_efficiency]",
     "tests/hosted/",
     "tests/notebooks/test_examples.py",

@@ -21,6 +21,15 @@ SECTIONS = ("run", "model", "data", "lora", "train", "probes")
 METHODS = ("sft",)
 MAX_NEW_TOKENS = 4096  # the longest answer generation is asked for: a bound on its time and memory
 TARGET_PRESETS = ("attention", "attention-all", "all-linear")
+# How LoRA's weights start. Left out of PEFT's others: 'loftq', which quantises a full-precision base
+# itself and leaves it holding the dequantised weights, so that its adapter fits that changed base
+# only, not the one lora_magic loads (in full precision or quantised by bitsandbytes); and 'eva', a
+# data pass PEFT runs on a model with one adapter alone (a session's base holds several), whose
+# redistributed ranks a resumed run cannot rebuild.
+INITS = ("kaiming", "gaussian", "pissa", "olora")
+# The initialisations that move part of each adapted weight into the adapter, changing the base
+# while the adapter trains; the saved adapter is converted into a LoRA of the untouched base.
+BASE_CHANGING_INITS = ("pissa", "olora")
 # Whole names only (use fullmatch). No ".": a run name is also its PEFT adapter name, which cannot hold one.
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
 
@@ -193,6 +202,30 @@ class RunConfig:
         "lora",
         type=str,
     )
+    dora: bool = setting(
+        False,
+        "DoRA (weight-decomposed LoRA): LoRA learns the direction of each adapted weight and one "
+        "more vector per layer its magnitude. Often better than LoRA at a low r, for a slower step and "
+        "slower unmerged answers; merging and export fold it in. Not on an 8bit base.",
+        "lora",
+    )
+    rslora: bool = setting(
+        False,
+        "Rank-stabilised LoRA: scale the update by alpha / sqrt(r) instead of alpha / r, so that a "
+        "large r (64 and up) learns as fast as a small one. Costs nothing.",
+        "lora",
+    )
+    init: str = setting(
+        "kaiming",
+        "How the adapter starts. 'kaiming': LoRA's own (A random, B zero: training starts from the "
+        "base). 'gaussian': the same with A drawn from a normal distribution. 'pissa' and 'olora': A "
+        "and B from each adapted weight's top singular directions (PiSSA) or its QR decomposition "
+        "(OLoRA), taken out of the base while training, which often learns faster; the saved adapter "
+        "is converted to a plain LoRA of twice the rank that applies to the untouched base. pissa "
+        "and olora need a full-precision base (quantization 'none') and no dora.",
+        "lora",
+        choices=INITS,
+    )
     include_lm_head: bool = setting(
         False,
         "With 'all-linear', count the output head (lm_head) as a target too: for %lora plan; "
@@ -311,6 +344,22 @@ class RunConfig:
             ),
             f"one of {', '.join(TARGET_PRESETS)} or a list of layer names",
         )
+        if self.init in BASE_CHANGING_INITS and self.quantization != "none":
+            raise ConfigError(
+                f"init={self.init!r} needs a full-precision base, but quantization={self.quantization!r}: "
+                f"it changes the base's weights, which a {self.quantization} base cannot hold exactly; use "
+                "quantization='none', or init 'kaiming' or 'gaussian' with a quantised base"
+            )
+        if self.init in BASE_CHANGING_INITS and self.dora:
+            raise ConfigError(
+                f"init={self.init!r} cannot go with dora=True: the adapter saved for the untouched base keeps "
+                "LoRA's A and B but not DoRA's magnitudes; use dora with init 'kaiming' or 'gaussian'"
+            )
+        if self.dora and self.quantization == "8bit":
+            raise ConfigError(
+                "dora=True cannot train on an 8bit base: PEFT's DoRA leaves bitsandbytes' int8 layers "
+                "without their scales after the first step; use dora with quantization '4bit' or 'none'"
+            )
         if self.template == "custom" and not (self.prompt_format and self.response_format):
             raise ConfigError(
                 "template='custom' needs prompt_format and response_format, e.g. "

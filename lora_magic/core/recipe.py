@@ -61,6 +61,9 @@ def lora_arguments(config: RunConfig, targets: list[str]) -> dict[str, Any]:
         "bias": config.bias,
         "target_modules": list(targets),
         "task_type": "CAUSAL_LM",
+        "use_dora": config.dora,
+        "use_rslora": config.rslora,
+        "init_lora_weights": True if config.init == "kaiming" else config.init,  # True: PEFT's default
     }
 
 

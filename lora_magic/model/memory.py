@@ -42,6 +42,10 @@ CPU_RECOMPUTED_KEPT = 0.28
 # LoRA's dropout keeps a mask of its input for the backward pass: torch's is one byte an element; on
 # a CPU the trainer's CPUDropout (training/sft.py) multiplies by a float32 mask, four bytes.
 DROPOUT_MASK_BYTES = {"gpu": 1, "cpu": 4}
+# DoRA scales the base's output and LoRA's by the magnitudes, and keeps both for the backward pass:
+# with all linear layers of the built-in model adapted at 2 × 256 tokens, 0.72 GiB more than LoRA
+# measured (benchmarks/plan_accuracy.py), 0.86 GiB counted.
+DORA_OUTPUT_COPIES = 2
 # Memory a training step takes besides the tensors counted here: on a GPU the CUDA context and
 # library workspaces (outside torch's allocations); on a CPU the trainer's own.
 RUNTIME_GIB = {"gpu": 0.6, "cpu": 0.03}
@@ -71,6 +75,7 @@ class Shapes:
     vocab: int
     adapted_per_layer: float  # adapted layers per decoder layer
     adapted_inputs_per_layer: float  # their in_features, summed
+    adapted_outputs_per_layer: float  # their out_features, summed
 
 
 def read_model_config(config: RunConfig) -> Any:
@@ -123,14 +128,14 @@ def shapes(config: RunConfig) -> Shapes:
     trainable, total = peft_model.get_nb_trainable_parameters()
 
     by_kind: dict[str, int] = {}
-    adapted = inputs = 0
+    adapted = inputs = outputs = 0
     for name, parameter in peft_model.named_parameters():
         if parameter.requires_grad:
             kind = name.split(".lora_")[0].rsplit(".", 1)[-1] if ".lora_" in name else name.rsplit(".", 1)[-1]
             by_kind[kind] = by_kind.get(kind, 0) + parameter.numel()
     for name, module in peft_model.named_modules():
         if hasattr(module, "lora_A") and "lm_head" not in name and module.lora_A:
-            adapted, inputs = adapted + 1, inputs + module.in_features
+            adapted, inputs, outputs = adapted + 1, inputs + module.in_features, outputs + module.out_features
 
     text = model_config.get_text_config()
     hidden, heads = text.hidden_size, text.num_attention_heads
@@ -155,6 +160,7 @@ def shapes(config: RunConfig) -> Shapes:
         vocab=text.vocab_size,
         adapted_per_layer=adapted / layers,
         adapted_inputs_per_layer=inputs / layers,
+        adapted_outputs_per_layer=outputs / layers,
     )
 
 
@@ -216,7 +222,8 @@ def activation_bytes(shapes: Shapes, config: RunConfig, hardware: Hardware, on: 
 
     Per token and decoder layer it keeps the residual stream and the normalised inputs (float32 in
     the norms), the attention's query, key, value and output, the MLP's projections and activation,
-    and for each adapted layer its dropped-out input, the dropout's mask and its rank-r projection.
+    and for each adapted layer its dropped-out input, the dropout's mask and its rank-r projection
+    (with DoRA also the base's and LoRA's outputs, which the magnitude's gradient needs).
     Flash / SDPA attention keeps no (length × length) scores. Checkpointing keeps each layer's input
     only and recomputes one layer at a time; on a CPU the process keeps part of what each
     recomputation frees (CPU_RECOMPUTED_KEPT).
@@ -229,6 +236,8 @@ def activation_bytes(shapes: Shapes, config: RunConfig, hardware: Hardware, on: 
     inputs = shapes.adapted_inputs_per_layer
     mask = DROPOUT_MASK_BYTES["gpu" if on.gpu else "cpu"] if config.dropout > 0 else 0
     lora = inputs * (act + mask) + shapes.adapted_per_layer * config.r * act
+    if config.dora:
+        lora += DORA_OUTPUT_COPIES * shapes.adapted_outputs_per_layer * act
     layer = tokens * (norms + attention + mlp + lora)
     kept = (
         shapes.layers * tokens * shapes.hidden * act + layer

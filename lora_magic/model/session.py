@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..core.catalogue import local_name, portable_name, same_model
-from ..core.config import Base, RunConfig
+from ..core.config import BASE_CHANGING_INITS, Base, RunConfig
 from ..core.errors import ModelError, RunError, did_you_mean
 from ..core.hardware import Machine, detect
 from ..core.record import config_to_load
@@ -39,6 +39,8 @@ class Adapter:
     name: str
     config: RunConfig | None  # the run's settings (template) when known
     path: Path | None = None
+    # A PiSSA/OLoRA adapter's weights as it started, while it trains on the rest of the base's weights
+    initial: dict[str, torch.Tensor] | None = None
 
 
 class Session:
@@ -133,17 +135,21 @@ class Session:
 
     # -- adapters ------------------------------------------------------------------------------
     def add_training_adapter(self, name: str, config: RunConfig, targets: list[str]) -> None:
-        from peft import PeftModel, get_peft_model
+        from peft import PeftModel, get_peft_model, get_peft_model_state_dict
         from transformers import set_seed
 
         set_seed(config.seed)  # LoRA's A matrices are initialised randomly
         lora = lora_config(config, targets)
-        if isinstance(self.model, PeftModel):
-            self.model.add_adapter(name, lora)
-        else:
-            self.model = get_peft_model(self.model, lora, adapter_name=name)
+        with base_changes_handled():
+            if isinstance(self.model, PeftModel):
+                self.model.add_adapter(name, lora)
+            else:
+                self.model = get_peft_model(self.model, lora, adapter_name=name)
         self.model.set_adapter(name)
         self.adapters[name] = Adapter(name, config)
+        if config.init in BASE_CHANGING_INITS:
+            state = get_peft_model_state_dict(self.model, adapter_name=name)
+            self.adapters[name].initial = {key: value.detach().clone() for key, value in state.items()}
         self.active = name
 
     def save_adapter(self, name: str, folder: Path, card: str | None = None) -> None:
@@ -152,7 +158,10 @@ class Session:
         of a built-in model, not this machine's cache), so it loads on any machine."""
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))  # new, and ours alone
         staging.chmod(0o755)  # readable as a saved model is
-        self.model.save_pretrained(staging, selected_adapters=[name])
+        with tempfile.TemporaryDirectory() as scratch, base_changes_handled():
+            self.model.save_pretrained(
+                staging, selected_adapters=[name], **self._conversion(name, Path(scratch))
+            )
         saved = staging / name if (staging / name).is_dir() else staging  # PEFT nests non-default names
         config = self.adapters[name].config
         if config is not None:
@@ -167,19 +176,67 @@ class Session:
         shutil.rmtree(staging, ignore_errors=True)
         self.adapters[name].path = folder
 
+    def _conversion(self, name: str, scratch: Path) -> dict[str, str]:
+        """`save_pretrained`'s arguments that save a PiSSA/OLoRA adapter as a LoRA of the untouched
+        base: PEFT subtracts the adapter's initial weights, which it reads as an adapter folder."""
+        initial = self.adapters[name].initial
+        if initial is None:
+            return {}
+        from safetensors.torch import save_file
+
+        folder = scratch / "initial"  # PEFT loads it as an adapter named after its folder
+        folder.mkdir()
+        save_file(initial, folder / "adapter_model.safetensors")
+        return {"path_initial_model_for_weight_conversion": str(folder)}
+
+    def settle(self, name: str) -> None:
+        """Once a PiSSA/OLoRA run has ended: the base's weights back as they were, and its adapter
+        as it was saved (a LoRA of the untouched base), or gone when it was not saved. The caller
+        holds the lease."""
+        adapter = self.adapters.get(name)
+        if adapter is None or adapter.initial is None:
+            return
+        restore_base(self.model, name, adapter.initial)
+        adapter.initial = None
+        self._detach(name)
+        if adapter.path is not None:
+            self._attach(adapter.path, name)
+        else:
+            del self.adapters[name]
+            self.active = BASE if self.active == name else self.active
+        if self.active != BASE:
+            self.model.set_adapter(self.active)
+
     def delete_adapter(self, name: str) -> None:
         """Remove adapter `name` from memory; the base stays loaded and usable for the next run."""
         self.check_names([name])
         self.refuse_while_leased("delete an adapter")
-        with warnings.catch_warnings():  # PEFT warns when the active adapter goes; handled below
-            warnings.simplefilter("ignore", UserWarning)
-            self.model.delete_adapter(name)
+        initial = self.adapters[name].initial  # a PiSSA/OLoRA adapter whose run never started
+        if initial is not None:
+            restore_base(self.model, name, initial)
+        self._detach(name)
         del self.adapters[name]
-        if not self.model.peft_config:  # no adapter left: back to the plain base model
-            self.model = self.model.unload()
-        elif self.active == name or self.active not in self.adapters:
+        still_adapted = getattr(self.model, "peft_config", None)  # else _detach left the plain base
+        if still_adapted and (self.active == name or self.active not in self.adapters):
             self.model.set_adapter(next(iter(self.model.peft_config)))
         self.active = BASE if self.active == name else self.active
+
+    def _detach(self, name: str) -> None:
+        """Take adapter `name` off the model; with no adapter left, the model is the plain base."""
+        with warnings.catch_warnings():  # PEFT warns when the active adapter goes; the caller handles it
+            warnings.simplefilter("ignore", UserWarning)
+            self.model.delete_adapter(name)
+        if not self.model.peft_config:
+            self.model = self.model.unload()
+
+    def _attach(self, folder: Path, name: str) -> None:
+        """Put the adapter saved in `folder` on the model under `name`."""
+        from peft import PeftModel
+
+        if isinstance(self.model, PeftModel):
+            self.model.load_adapter(str(folder), adapter_name=name)
+        else:
+            self.model = PeftModel.from_pretrained(self.model, str(folder), adapter_name=name)
 
     def load_adapter(
         self,
@@ -193,8 +250,6 @@ class Session:
         The base model is loaded first if none is, from the run's settings or the adapter's config.
         A run trained with trust_remote_code loads only with `trust_remote_code=True` here.
         """
-        from peft import PeftModel
-
         self.refuse_while_leased("load an adapter")
         store = RunStore(runs_dir)
         config = None
@@ -227,10 +282,7 @@ class Session:
                 f"adapter {name!r} was trained on {adapter_base}, but the loaded base is {self.resolved}; "
                 "free the session (lora_magic.free() / %lora free) and load the adapter again"
             )
-        if isinstance(self.model, PeftModel):
-            self.model.load_adapter(str(folder), adapter_name=name)
-        else:
-            self.model = PeftModel.from_pretrained(self.model, str(folder), adapter_name=name)
+        self._attach(folder, name)
         self.adapters[name] = Adapter(name, config, folder)
         return name
 
@@ -321,6 +373,33 @@ def folded(model: Any, name: str) -> Iterator[None]:
         for layer, base, weight in merged:
             layer.merged_adapters.remove(name)
             base.weight = weight
+
+
+@contextlib.contextmanager
+def base_changes_handled() -> Iterator[None]:
+    """Without PEFT's warning against a PiSSA/OLoRA adapter beside other adapters, and its advice to
+    convert it into a plain LoRA: the session saves it converted, and gives the base its weights
+    back when its run ends."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=".* changes the base weights of the model", category=UserWarning
+        )
+        yield
+
+
+def restore_base(model: Any, name: str, initial: dict[str, torch.Tensor]) -> None:
+    """Give back to each weight that PiSSA/OLoRA adapter `name` adapts what its initial weights
+    took out of it (PEFT subtracted scaling × B₀A₀, computed in float32)."""
+    from peft.utils.other import transpose
+
+    with torch.no_grad():
+        for path, layer in model.named_modules():
+            if name not in getattr(layer, "lora_A", {}):
+                continue
+            a, b = initial[f"{path}.lora_A.weight"], initial[f"{path}.lora_B.weight"]
+            weight = layer.get_base_layer().weight
+            taken = transpose(layer.scaling[name] * b.float() @ a.float(), layer.fan_in_fan_out)
+            weight.data = (weight.float() + taken.to(weight.device)).to(weight.dtype)
 
 
 def available_memory(device: torch.device) -> float:

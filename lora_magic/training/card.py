@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from ..core.catalogue import portable_name
+from ..core.config import BASE_CHANGING_INITS
 
 TRAINING_SETTINGS = (
     "steps",
@@ -42,7 +43,7 @@ def adapter_card(record: dict[str, Any], metrics: dict[str, Any]) -> str:
         f"- **Data**: {config.get('data')}, template {config.get('template')!r}; records fingerprint "
         f"`{record.get('data_fingerprint')}`",
         f"- **LoRA**: r={config.get('r')}, alpha={config.get('alpha')}, dropout={config.get('dropout')}, "
-        f"target modules {', '.join(record.get('targets') or [])}",
+        f"target modules {', '.join(record.get('targets') or [])}{_variant(config)}",
         "- **Training**: "
         + ", ".join(f"{key}={config.get(key)}" for key in TRAINING_SETTINGS if key in config),
         "- **Metrics**: "
@@ -62,6 +63,17 @@ def adapter_card(record: dict[str, Any], metrics: dict[str, Any]) -> str:
         "",
     ]
     return f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n" + "\n".join(lines)
+
+
+def _variant(config: dict[str, Any]) -> str:
+    """The LoRA variant of a run's settings, as the card's LoRA line ends."""
+    parts = [name for name, key in (("DoRA", "dora"), ("rsLoRA", "rslora")) if config.get(key)]
+    init = config.get("init") or "kaiming"
+    if init in BASE_CHANGING_INITS:
+        parts.append(f"initialised with {init}, saved as a plain LoRA of rank {2 * config['r']}")
+    elif init != "kaiming":
+        parts.append(f"initialised with {init}")
+    return "".join(f", {part}" for part in parts)
 
 
 def _number(value: Any) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from ..core.config import Sampling
+from ..core.config import BASE_CHANGING_INITS, Sampling
 from ..core.errors import RunError
 from ..core.events import (
     CHECKPOINT,
@@ -163,6 +163,12 @@ class Training:
             self.rollback_wanted = True
             self.stop()
             return
+        if run.config.init in BASE_CHANGING_INITS:
+            raise RunError(
+                f"run {run.name!r} trained with init={run.config.init!r} on a changed base, given back when "
+                "it ended: its best weights fit that base only, so roll back while it trains "
+                "(run.rollback() or %lora rollback stop it and save them)"
+            )
         shared = session()
         shared.refuse_while_leased("roll back an adapter")
         if run.name not in shared.adapters:
@@ -247,7 +253,8 @@ class Training:
         except torch.OutOfMemoryError:
             checkpoint = run.store.last_checkpoint(run.name)
             resume = "; resume from the last checkpoint with lora_magic.resume" if checkpoint else ""
-            error = f"out of memory at step {run.step}: lower batch_size or max_length, or use quantization='4bit'{resume}"
+            quantize = "" if run.config.init in BASE_CHANGING_INITS else ", or use quantization='4bit'"
+            error = f"out of memory at step {run.step}: lower batch_size or max_length{quantize}{resume}"
             self.end(FAILED, error=error, finished=time.time())
         except Exception as error:
             log.exception("run %s failed", run.name)
@@ -260,8 +267,11 @@ class Training:
                     run.store.clear_requests(run.name)
             trainer = None  # with its optimizer state, so that the memory can go back
             _release_memory()  # a failed step's frames hold its tensors: collected here too
-            shared.release(lease(run))
-            run.finish()
+            try:
+                shared.settle(run.name)  # a PiSSA/OLoRA adapter gives the base its weights back
+            finally:
+                shared.release(lease(run))
+                run.finish()
 
     def evaluate(self) -> None:
         """Score the base and the new adapter on the run's eval split (what %lora eval does); the

@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 import lora_magic as lm
 from lora_magic.core.config import RunConfig
@@ -53,13 +55,17 @@ def step_losses(events: list[dict]) -> list[float]:
     return [event["loss"] for event in events if event["type"] == "log"]
 
 
-@pytest.mark.parametrize("quantization", ["none", "4bit"])
-def test_the_shown_code_trains_as_the_run_did(quantization, tiny_model_dir, records, runs_dir, tmp_path):
+@pytest.mark.parametrize(
+    "settings",
+    [{"quantization": "none"}, {"quantization": "4bit"}, {"init": "pissa"}],
+    ids=["none", "4bit", "pissa"],
+)
+def test_the_shown_code_trains_as_the_run_did(settings, tiny_model_dir, records, runs_dir, tmp_path):
     run = lm.train(
         model=tiny_model_dir,
         data=records,
-        name=f"shown-{quantization}",
-        quantization=quantization,
+        name=f"shown-{next(iter(settings.values()))}",
+        **settings,
         steps=5,
         learning_rate=1e-3,
         eval_fraction=0.25,
@@ -68,7 +74,7 @@ def test_the_shown_code_trains_as_the_run_did(quantization, tiny_model_dir, reco
     ).wait()
     assert run.status == "completed", run.error
     code = script(run.name, runs_dir)
-    assert ("BitsAndBytesConfig(" in code) == (quantization == "4bit")
+    assert ("BitsAndBytesConfig(" in code) == (settings.get("quantization") == "4bit")
     plain_file = tmp_path / "plain.py"
     report = "print('HISTORY', json.dumps(trainer.state.log_history))"
     plain_file.write_text(code + report + "\n")
@@ -84,3 +90,8 @@ def test_the_shown_code_trains_as_the_run_did(quantization, tiny_model_dir, reco
     plain_eval = [(entry["step"], entry["eval_loss"]) for entry in history if "eval_loss" in entry]
     assert plain_eval == [(5, pytest.approx(run.eval_losses[0][1], abs=1e-4))] and len(run.eval_losses) == 1
     assert (tmp_path / f"{run.name}-plain" / "adapter" / "adapter_config.json").is_file()
+    # the same adapter: a PiSSA one saved, as the run saves it, as a plain LoRA of the untouched base
+    saved = load_file(tmp_path / f"{run.name}-plain" / "adapter" / "adapter_model.safetensors")
+    ours = load_file(run.adapter_path / "adapter_model.safetensors")
+    assert set(saved) == set(ours)
+    assert all(torch.allclose(saved[key], ours[key], atol=1e-4) for key in ours)
