@@ -98,9 +98,10 @@ def test_sigterm_stops_a_worker_and_a_copied_folder_trains_on_with_the_worker_co
     run = lm.train(
         model=tiny_model_dir, data=records, name="moved", launch="process", steps=30, runs_dir=runs_dir
     )
-    wait_until(lambda: run.step >= 2, 300, "the worker made no progress")
-    run.pause()  # held, so that it is still running when the signal comes
-    wait_until(lambda: run.status == "paused", 60, "the worker did not pause")
+    # held after its first step, so that it is still running when the signal comes (asked later, a
+    # fast worker could finish all its steps first)
+    run.pause()
+    wait_until(lambda: run.status == "paused", 300, "the worker did not pause")
     os.kill(RunStore(runs_dir).read("moved")["pid"], signal.SIGTERM)
     run.wait(120)
     assert run.status == "stopped" and run.adapter_path is not None
