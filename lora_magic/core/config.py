@@ -344,13 +344,13 @@ class RunConfig:
             ),
             f"one of {', '.join(TARGET_PRESETS)} or a list of layer names",
         )
-        if self.init in BASE_CHANGING_INITS and self.quantization != "none":
+        if self.changes_base and self.quantization != "none":
             raise ConfigError(
                 f"init={self.init!r} needs a full-precision base, but quantization={self.quantization!r}: "
                 f"it changes the base's weights, which a {self.quantization} base cannot hold exactly; use "
                 "quantization='none', or init 'kaiming' or 'gaussian' with a quantised base"
             )
-        if self.init in BASE_CHANGING_INITS and self.dora:
+        if self.changes_base and self.dora:
             raise ConfigError(
                 f"init={self.init!r} cannot go with dora=True: the adapter saved for the untouched base keeps "
                 "LoRA's A and B but not DoRA's magnitudes; use dora with init 'kaiming' or 'gaussian'"
@@ -370,6 +370,11 @@ class RunConfig:
         if isinstance(self.probes, str):
             self.probes = [self.probes]
         _require(self, "probes", all(isinstance(p, str) for p in self.probes), "a list of prompt strings")
+
+    @property
+    def changes_base(self) -> bool:
+        """The adapter's initialisation moves part of each adapted weight out of the base while it trains."""
+        return self.init in BASE_CHANGING_INITS
 
     # -- conversions ---------------------------------------------------------------------------
     @classmethod

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ..core import recipe
-from ..core.config import BASE_CHANGING_INITS, RunConfig
+from ..core.config import RunConfig
 from ..core.format import duration, gib
 from ..core.hardware import GIB, Hardware, Machine, detect, named
 from ..data.sources import split_records
@@ -48,7 +48,7 @@ def changes_that_fit(shapes: Shapes, config: RunConfig, on: Machine) -> list[Cha
         return {"batch_size": batch, "grad_accum": math.ceil(config.grad_accum * config.batch_size / batch)}
 
     options: list[list[dict[str, Any]]] = []
-    if config.quantization != "4bit" and config.init not in BASE_CHANGING_INITS:  # they need a float base
+    if config.quantization != "4bit" and not config.changes_base:  # they need a float base
         options.append([{"quantization": "4bit"}])
     options.append([smaller_batch(b) for b in _halvings(config.batch_size, 1)])
     if not Hardware.of(config, on).checkpointing:

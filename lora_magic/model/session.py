@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..core.catalogue import local_name, portable_name, same_model
-from ..core.config import BASE_CHANGING_INITS, Base, RunConfig
+from ..core.config import Base, RunConfig
 from ..core.errors import ModelError, RunError, did_you_mean
 from ..core.hardware import Machine, detect
 from ..core.record import config_to_load
@@ -147,7 +147,7 @@ class Session:
                 self.model = get_peft_model(self.model, lora, adapter_name=name)
         self.model.set_adapter(name)
         self.adapters[name] = Adapter(name, config)
-        if config.init in BASE_CHANGING_INITS:
+        if config.changes_base:
             state = get_peft_model_state_dict(self.model, adapter_name=name)
             self.adapters[name].initial = {key: value.detach().clone() for key, value in state.items()}
         self.active = name

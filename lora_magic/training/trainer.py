@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from ..core.config import BASE_CHANGING_INITS, Sampling
+from ..core.config import Sampling
 from ..core.errors import RunError
 from ..core.events import (
     CHECKPOINT,
@@ -163,7 +163,7 @@ class Training:
             self.rollback_wanted = True
             self.stop()
             return
-        if run.config.init in BASE_CHANGING_INITS:
+        if run.config.changes_base:
             raise RunError(
                 f"run {run.name!r} trained with init={run.config.init!r} on a changed base, given back when "
                 "it ended: its best weights fit that base only, so roll back while it trains "
@@ -253,7 +253,7 @@ class Training:
         except torch.OutOfMemoryError:
             checkpoint = run.store.last_checkpoint(run.name)
             resume = "; resume from the last checkpoint with lora_magic.resume" if checkpoint else ""
-            quantize = "" if run.config.init in BASE_CHANGING_INITS else ", or use quantization='4bit'"
+            quantize = "" if run.config.changes_base else ", or use quantization='4bit'"
             error = f"out of memory at step {run.step}: lower batch_size or max_length{quantize}{resume}"
             self.end(FAILED, error=error, finished=time.time())
         except Exception as error:
